@@ -1,0 +1,205 @@
+"""The compact ResNet-style CNN used as teacher, student, naive baseline and quick CAS scorer.
+
+One training loop serves all of them: targets are hard labels (int) or soft distributions (float rows),
+and the data of each epoch comes from a callable, so the student can see a fresh synthetic slice per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kr.config import ClassifierConfig
+from kr.metrics import classification_metrics
+from kr.progress import bar
+from kr.runtime import autocast, device, to_unit
+
+EpochData = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """Three stages at 28, 14 and 7 pixels; about 0.7 M parameters at width 32."""
+
+    def __init__(self, channels: int, n_classes: int, width: int = 32, blocks_per_stage: int = 2,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.arch = dict(channels=channels, n_classes=n_classes, width=width,
+                         blocks_per_stage=blocks_per_stage, dropout=dropout)
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, c_in = [], width
+        for i, mult in enumerate((1, 2, 4)):
+            for j in range(blocks_per_stage):
+                stride = 2 if (i > 0 and j == 0) else 1
+                layers.append(BasicBlock(c_in, width * mult, stride))
+                c_in = width * mult
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+def build_classifier(cfg: ClassifierConfig, channels: int, n_classes: int) -> SmallResNet:
+    return SmallResNet(channels, n_classes, cfg.width, cfg.blocks_per_stage, cfg.dropout)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
+    """Random shifts of up to 2 pixels (reflect padding) and optional horizontal flips, on a whole batch."""
+    n = x.shape[0]
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    dx = torch.randint(0, 5, (n,), generator=gen)
+    dy = torch.randint(0, 5, (n,), generator=gen)
+    h, w = x.shape[-2:]
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 4)
+    out = torch.gather(padded, 2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = torch.gather(out, 3, cols)
+    if hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) up to a constant, scaled by T^2 as in Hinton et al. so gradients keep their size."""
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    return -(target_probs * log_p).sum(dim=1).mean() * temperature**2
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x_uint8: np.ndarray, batch_size: int = 512, bf16: bool | str = "auto") -> np.ndarray:
+    model.eval()
+    dev = device()
+    outs = []
+    for i in range(0, len(x_uint8), batch_size):
+        xb = to_unit(x_uint8[i : i + batch_size]).to(dev)
+        with autocast(bf16, dev):
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
+def _score(metrics: dict) -> tuple[float, float]:
+    auc = metrics["auc"]
+    return (metrics["accuracy"], -1.0 if auc != auc else auc)  # accuracy first, AUC breaks ties
+
+
+def fit(
+    model: SmallResNet,
+    epoch_data: EpochData,
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: ClassifierConfig,
+    seed: int,
+    name: str,
+    temperature: float = 1.0,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train, keep the weights of the best epoch on real val, load them back. Returns the training history.
+
+    `epoch_data(e)` gives (uint8 images, targets); int targets are hard labels, float (N, K) rows soft labels.
+    """
+    dev = device()
+    model.to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    first = epoch_data(0)
+    steps_per_epoch = max(1, len(first[0]) // cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+    )
+    best, best_state, history = None, None, []
+    t0 = time.perf_counter()
+    with bar(name, total=cfg.epochs, unit="epoch") as progress:
+        for epoch in range(cfg.epochs):
+            x_np, y_np = first if epoch == 0 else epoch_data(epoch)
+            loss_sum, seen = _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps_per_epoch, dev)
+            val_metrics = classification_metrics(predict_logits(model, val[0], bf16=cfg.bf16), val[1])
+            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+                      "val_accuracy": val_metrics["accuracy"], "val_auc": val_metrics["auc"]}
+            history.append(record)
+            if on_epoch:
+                on_epoch(epoch, record)
+            if best is None or _score(val_metrics) > _score(best):
+                best, best_state = val_metrics, copy.deepcopy(model.state_dict())
+                record["best"] = True
+            progress.advance()
+            progress.note(f"loss {record['train_loss']:.3f} val acc {val_metrics['accuracy']:.3f} "
+                          f"(best {best['accuracy']:.3f})")
+    model.load_state_dict(best_state)
+    return {"history": history, "best_epoch": max(i for i, h in enumerate(history) if h.get("best")),
+            "val": best, "train_s": time.perf_counter() - t0}
+
+
+def _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps, dev) -> tuple[float, int]:
+    model.train()
+    soft = np.issubdtype(np.asarray(y_np).dtype, np.floating)
+    perm = torch.randperm(len(x_np), generator=gen).numpy()
+    loss_sum, seen = 0.0, 0
+    for s in range(steps):  # drop the ragged last batch: BatchNorm on a batch of 1 fails
+        idx = np.sort(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size])
+        xb = to_unit(x_np[idx])
+        if cfg.augment:
+            xb = augment(xb, gen, cfg.hflip)
+        yb = torch.as_tensor(y_np[idx])
+        xb, yb = xb.to(dev), yb.to(dev)
+        with autocast(cfg.bf16, dev):
+            logits = model(xb).float()
+        if soft:
+            loss = soft_cross_entropy(logits, yb.float(), temperature)
+        else:
+            loss = F.cross_entropy(logits, yb.long(), label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(idx)
+        seen += len(idx)
+    return loss_sum, seen
+
+
+def save_classifier(model: SmallResNet, path: Path, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"arch": model.arch, "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a half model where a good one is expected
+    return path
+
+
+def load_classifier(path: Path) -> SmallResNet:
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model = SmallResNet(**blob["arch"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model.to(device())
+
+
+def describe(model: nn.Module) -> str:
+    return json.dumps({"params": sum(p.numel() for p in model.parameters()), **getattr(model, "arch", {})})

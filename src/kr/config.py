@@ -1,0 +1,211 @@
+"""One pydantic config object per step, one resolved `RunConfig` per run.
+
+Resolution order: built-in defaults < profile (`profiles/<name>.yaml`) < `--config FILE` < `--set KEY=VALUE`.
+Unknown keys are errors, so a misspelled override can never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+class ConfigError(ValueError):
+    """A bad profile, config file or override; the message says which key and why."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    dataset: str = "breastmnist"
+    data_root: str | None = None
+    download: bool = False
+
+
+class ClassifierConfig(Strict):
+    """A compact ResNet-style CNN for 28x28 inputs, and how to train it."""
+
+    width: int = Field(32, ge=4, description="channels of the first stage; stages use 1x, 2x, 4x")
+    blocks_per_stage: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = True
+    hflip: bool = True
+    bf16: bool | Literal["auto"] = "auto"
+
+
+class GeneratorConfig(Strict):
+    """Class-conditional DDPM on diffusers' UNet2DModel, with EMA and label dropout for guidance."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
+    attention_levels: list[bool] = Field(default_factory=lambda: [False, False, True])
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    train_steps: int = Field(6000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(200, ge=0)
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    label_dropout: float = Field(0.1, ge=0, lt=1)
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="EMA weights kept for checkpoint selection")
+    hflip: bool = True
+    bf16: bool | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> GeneratorConfig:
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError("generator.attention_levels needs one entry per generator.block_out_channels entry")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError("generator.block_out_channels must all be multiples of generator.norm_num_groups")
+        return self
+
+
+class SamplerConfig(Strict):
+    scheduler: Literal["dpmsolver++", "ddim"] = "dpmsolver++"
+    steps: int = Field(15, ge=1)
+    batch_size: int = Field(128, ge=1)
+    bf16: bool | Literal["auto"] = "auto"
+
+
+class SelectionConfig(Strict):
+    """Checkpoint optimisation and guidance tuning by validation CAS."""
+
+    checkpoints: int = Field(3, ge=1, description="how many of the latest kept checkpoints to score")
+    guidance_scales: list[float] = Field(default_factory=lambda: [1.0, 2.0])
+    images_per_class: int = Field(150, ge=1)
+    classifier: ClassifierConfig = Field(
+        default_factory=lambda: ClassifierConfig(width=16, blocks_per_stage=1, epochs=15, batch_size=64)
+    )
+
+    @model_validator(mode="after")
+    def _scales_positive(self) -> SelectionConfig:
+        if not self.guidance_scales or min(self.guidance_scales) < 1.0:
+            raise ValueError("selection.guidance_scales needs at least one value, each >= 1 (1 = no guidance)")
+        return self
+
+
+class GKDConfig(Strict):
+    """Generative Knowledge Distillation: regenerated images labelled with the teacher's soft outputs."""
+
+    epochs: int = Field(20, ge=1)
+    images_per_epoch: float = Field(1.0, gt=0, description="synthetic images per epoch, as a multiple of n_train")
+    pool_slices: int = Field(10, ge=1, description="disjoint fresh slices in the pool; epoch e uses slice e mod this")
+    shards: int = Field(2, ge=1, description="regeneration shards (parallel tasks in the pipeline)")
+    temperature: float = Field(2.0, gt=0)
+    guidance_scale: float | None = Field(None, description="None: the scale chosen by selection")
+    student: ClassifierConfig = Field(default_factory=ClassifierConfig)
+
+
+class NaiveConfig(Strict):
+    """The naive-CAS baseline: the student's architecture, one fixed synthetic set, hard generator labels."""
+
+    enabled: bool = True
+    epochs: int = Field(20, ge=1)
+
+
+class RunConfig(Strict):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    gkd: GKDConfig = Field(default_factory=GKDConfig)
+    naive: NaiveConfig = Field(default_factory=NaiveConfig)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def profile_values(profile: str) -> dict[str, Any]:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    text = resources.files("kr").joinpath("profiles", f"{profile}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=VALUE` -> (['a','b','c'], VALUE parsed as YAML, so 3 is an int and [1,2] a list)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. gkd.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return values
+
+
+def resolve_config(
+    profile: str = "cpu",
+    config_file: Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Built-in defaults, then the profile, then the file, then `KEY=VALUE` overrides, validated strictly."""
+    values = deep_merge(base or {}, profile_values(profile))
+    if config_file is not None:
+        values = deep_merge(values, load_config_file(config_file))
+    for item in overrides or []:
+        path, value = parse_override(item)
+        set_dotted(values, path, value)
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration (profile {profile}): {problems}") from exc

@@ -1,0 +1,263 @@
+"""Class-conditional diffusion generator: training with EMA and resumable checkpoints, and guided sampling.
+
+Layout of a generator folder:
+    spec.json                      what was trained (config digest, classes, channels): resuming checks it
+    scheduler/                     the DDPM noise schedule used in training (diffusers format)
+    checkpoints/step-000500/ema/   EMA UNet weights (diffusers format), kept for checkpoint selection
+    checkpoints/step-000500/state.pt  optimiser, LR schedule, EMA and raw weights: only on the latest
+Checkpoints are written to a temporary folder and renamed, so a kill never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+
+from kr.config import GeneratorConfig, SamplerConfig
+from kr.progress import bar
+from kr.runtime import autocast, device, to_uint8, to_unit
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorError(RuntimeError):
+    pass
+
+
+def build_unet(cfg: GeneratorConfig, channels: int, n_classes: int, image_size: int = 28) -> UNet2DModel:
+    levels = list(zip(cfg.block_out_channels, cfg.attention_levels, strict=True))
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=tuple("AttnDownBlock2D" if attn else "DownBlock2D" for _, attn in levels),
+        up_block_types=tuple("AttnUpBlock2D" if attn else "UpBlock2D" for _, attn in reversed(levels)),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+        attention_head_dim=min(32, cfg.block_out_channels[-1]),
+        add_attention=cfg.attention_levels[-1],
+        # one extra class index is the "no label" token that label dropout trains for guidance
+        num_class_embeds=n_classes + 1,
+    )
+
+
+def build_noise_scheduler(cfg: GeneratorConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+    )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def list_checkpoints(gen_dir: Path) -> list[Checkpoint]:
+    root = Path(gen_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [Checkpoint(int(p.name.split("-")[1]), p) for p in root.glob("step-*")
+             if p.is_dir() and not p.name.endswith(".tmp") and (p / "ema").is_dir()]
+    return sorted(found, key=lambda c: c.step)
+
+
+def _spec(cfg: GeneratorConfig, channels: int, n_classes: int, seed: int) -> dict:
+    # train_steps and checkpoint cadence may grow on resume; everything that shapes the model may not
+    shaping = cfg.model_dump(exclude={"train_steps", "checkpoint_every", "keep_checkpoints"})
+    return {"config": shaping, "channels": channels, "n_classes": n_classes, "seed": seed}
+
+
+def _check_spec(gen_dir: Path, spec: dict) -> None:
+    path = gen_dir / "spec.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != spec:
+            diff = sorted(k for k in set(old["config"]) | set(spec["config"])
+                          if old["config"].get(k) != spec["config"].get(k))
+            extra = [k for k in ("channels", "n_classes", "seed") if old.get(k) != spec.get(k)]
+            raise GeneratorError(
+                f"{gen_dir} holds a generator trained with other settings ({', '.join(diff + extra)}); "
+                "use a new output folder or the same settings to resume"
+            )
+    else:
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(spec, indent=2))
+
+
+def _batch(x_train: np.ndarray, y_train: np.ndarray, cfg: GeneratorConfig, n_classes: int,
+           sched: DDPMScheduler, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=gen).numpy()
+    x = to_unit(x_train[idx])
+    if cfg.hflip:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+    labels = torch.as_tensor(y_train[idx]).long()
+    drop = torch.rand(len(idx), generator=gen) < cfg.label_dropout
+    labels = torch.where(drop, torch.full_like(labels, n_classes), labels)
+    noise = torch.randn(x.shape, generator=gen)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+    noisy = sched.add_noise(x, noise, t)
+    target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x, noise, t)
+    return noisy, t, labels, target
+
+
+def train_generator(
+    x_train: np.ndarray, y_train: np.ndarray, n_classes: int, cfg: GeneratorConfig, out_dir: Path, seed: int,
+    stop_after: int | None = None,
+) -> dict:
+    """Train (or resume) the generator in `out_dir`. `stop_after` ends early after that many steps (tests)."""
+    out_dir = Path(out_dir)
+    channels = int(x_train.shape[1])
+    _check_spec(out_dir, _spec(cfg, channels, n_classes, seed))
+    dev = device()
+    unet = build_unet(cfg, channels, n_classes, int(x_train.shape[-1])).to(dev)
+    noise_sched = build_noise_scheduler(cfg)
+    noise_sched.save_pretrained(out_dir / "scheduler")
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.train_steps)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
+    start = _resume(out_dir, unet, opt, lr_sched, ema)
+    n_params = sum(p.numel() for p in unet.parameters())
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    end = cfg.train_steps if stop_after is None else min(cfg.train_steps, start + stop_after)
+    with bar("generator", total=cfg.train_steps, unit="step", completed=start) as progress:
+        if start:
+            progress.note(f"resumed at step {start}")
+        for step in range(start, end):
+            # batches depend only on (seed, step): a resumed run sees exactly the batches of an unbroken one
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            noisy, t, labels, target = (v.to(dev) for v in _batch(x_train, y_train, cfg, n_classes, noise_sched, gen))
+            unet.train()
+            with autocast(cfg.bf16, dev):
+                pred = unet(noisy, t, class_labels=labels).sample
+            loss = F.mse_loss(pred.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            lr_sched.step()
+            ema.step(unet.parameters())
+            losses.append(loss.item())
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
+                _save_checkpoint(out_dir, done, unet, opt, lr_sched, ema, cfg.keep_checkpoints)
+            progress.advance()
+            if done % 20 == 0:
+                progress.note(f"loss {np.mean(losses[-100:]):.4f}")
+    return {
+        "steps": end,
+        "resumed_from": start,
+        "complete": end >= cfg.train_steps,
+        "params": n_params,
+        "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        "train_s": time.perf_counter() - t0,
+        "checkpoints": [c.name for c in list_checkpoints(out_dir)],
+    }
+
+
+def _resume(out_dir: Path, unet, opt, lr_sched, ema) -> int:
+    with_state = [c for c in list_checkpoints(out_dir) if (c.path / "state.pt").exists()]
+    if not with_state:
+        return 0
+    last = with_state[-1]
+    state = torch.load(last.path / "state.pt", map_location="cpu", weights_only=False)
+    unet.load_state_dict(state["unet"])
+    opt.load_state_dict(state["optimizer"])
+    lr_sched.load_state_dict(state["lr_scheduler"])
+    ema.load_state_dict(state["ema"])
+    log.info("resuming generator training from %s", last.path)
+    return int(state["step"])
+
+
+def _save_checkpoint(out_dir: Path, step: int, unet, opt, lr_sched, ema, keep: int) -> None:
+    root = out_dir / "checkpoints"
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ema_unet = copy.deepcopy(unet)
+    ema.copy_to(ema_unet.parameters())
+    ema_unet.save_pretrained(tmp / "ema")
+    torch.save({"step": step, "unet": unet.state_dict(), "optimizer": opt.state_dict(),
+                "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict()}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    kept = list_checkpoints(out_dir)
+    for old in kept[:-1]:
+        (old.path / "state.pt").unlink(missing_ok=True)  # only the newest needs the optimiser to resume
+    for old in kept[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
+
+
+def load_generator(checkpoint_dir: Path) -> UNet2DModel:
+    path = Path(checkpoint_dir) / "ema"
+    if not path.is_dir():
+        raise GeneratorError(f"no generator weights at {path}")
+    unet = UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)
+    unet.eval()
+    return unet.to(device())
+
+
+def sampling_scheduler(gen_dir: Path, cfg: SamplerConfig):
+    train_cfg = DDPMScheduler.from_pretrained(Path(gen_dir) / "scheduler").config
+    if cfg.scheduler == "ddim":
+        return DDIMScheduler.from_config(train_cfg)
+    return DPMSolverMultistepScheduler.from_config(train_cfg, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def balanced_labels(n: int, n_classes: int, offset: int = 0) -> np.ndarray:
+    """n labels cycling through the classes, so every class gets n / n_classes (+-1) images."""
+    return ((np.arange(n) + offset) % n_classes).astype(np.int64)
+
+
+@torch.no_grad()
+def sample(
+    unet: UNet2DModel, scheduler, labels: np.ndarray, guidance_scale: float, cfg: SamplerConfig, seed: int,
+    description: str = "sampling",
+) -> np.ndarray:
+    """Draw one image per label. guidance_scale 1 is plain conditional sampling; above 1, classifier-free
+    guidance against the "no label" token (twice the compute). Returns uint8 (N, C, H, W)."""
+    dev = device()
+    n_classes = unet.config.num_class_embeds - 1
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    out = []
+    with bar(description, total=len(labels), unit="img") as progress:
+        for b, start in enumerate(range(0, len(labels), cfg.batch_size)):
+            y = torch.as_tensor(labels[start : start + cfg.batch_size]).long().to(dev)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+            x = torch.randn((len(y), *shape), generator=gen).to(dev)
+            scheduler.set_timesteps(cfg.steps)
+            guided = guidance_scale != 1.0
+            cond = torch.cat([y, torch.full_like(y, n_classes)]) if guided else y
+            for t in scheduler.timesteps:
+                inp = torch.cat([x, x]) if guided else x
+                with autocast(cfg.bf16, dev):
+                    eps = unet(inp, t, class_labels=cond).sample.float()
+                if guided:
+                    eps_c, eps_u = eps.chunk(2)
+                    eps = eps_u + guidance_scale * (eps_c - eps_u)
+                x = scheduler.step(eps, t, x).prev_sample
+            out.append(to_uint8(x))
+            progress.advance(len(y))
+    return np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)

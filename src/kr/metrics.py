@@ -1,0 +1,45 @@
+"""Classification metrics computed the same way for teacher, student and every baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, ROC AUC (binary: positive class; multi-class: macro one-vs-rest) and per-class recall."""
+    probs = softmax(logits.astype(np.float64))
+    pred = probs.argmax(axis=1)
+    n_classes = probs.shape[1]
+    labels = np.asarray(labels).astype(np.int64)
+    present = np.unique(labels)
+    if len(present) < 2:
+        auc = float("nan")  # AUC is undefined with one class; report it as missing, never as a number
+    elif n_classes == 2:
+        auc = float(roc_auc_score(labels, probs[:, 1]))
+    else:
+        auc = float(
+            roc_auc_score(labels, probs[:, present] / probs[:, present].sum(1, keepdims=True),
+                          multi_class="ovr", average="macro", labels=present)
+        )
+    per_class = {
+        str(c): {"n": int((labels == c).sum()), "recall": float((pred[labels == c] == c).mean()) if (labels == c).any() else None}
+        for c in range(n_classes)
+    }
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "auc": auc,
+        "n": int(len(labels)),
+        "per_class": per_class,
+    }
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    return float(np.bincount(np.asarray(labels).astype(np.int64)).max() / len(labels))

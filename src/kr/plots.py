@@ -1,0 +1,78 @@
+"""Pictures worth looking at: real vs synthetic samples per class, and the checkpoint/guidance grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: pipeline pods and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _tile(images: np.ndarray, n: int) -> np.ndarray:
+    """n images (C,H,W uint8) side by side as one H x n*W (x3) strip, blank where there are fewer."""
+    c, h, w = images.shape[1:] if len(images) else (1, 28, 28)
+    strip = np.full((h, n * (w + 1), c), 255, np.uint8)
+    for i, img in enumerate(images[:n]):
+        strip[:, i * (w + 1) : i * (w + 1) + w] = img.transpose(1, 2, 0)
+    return strip if c == 3 else strip[..., 0]
+
+
+def sample_grid(
+    real_x: np.ndarray, real_y: np.ndarray, syn_x: np.ndarray, syn_y: np.ndarray, class_names: list[str],
+    path: Path, per_class: int = 8, title: str = "",
+) -> Path:
+    """One row per class: real training images on the left, synthetic ones on the right."""
+    n_classes = len(class_names)
+    fig, axes = plt.subplots(n_classes, 2, figsize=(2 * per_class * 0.45 + 1.5, n_classes * 0.6 + 0.8),
+                             squeeze=False)
+    for c in range(n_classes):
+        for col, (x, y, label) in enumerate(((real_x, real_y, "real"), (syn_x, syn_y, "synthetic"))):
+            ax = axes[c, col]
+            ax.imshow(_tile(x[y == c], per_class), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_title(label, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(_short(class_names[c]), rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
+    """Validation CAS for every (checkpoint, guidance scale) cell; the chosen cell is outlined."""
+    ckpts = sorted({g["checkpoint"] for g in grid})
+    scales = sorted({g["guidance_scale"] for g in grid})
+    values = np.full((len(ckpts), len(scales)), np.nan)
+    for g in grid:
+        values[ckpts.index(g["checkpoint"]), scales.index(g["guidance_scale"])] = g["val_cas"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(scales) + 2.5, 0.6 * len(ckpts) + 1.6))
+    im = ax.imshow(values, cmap="viridis", aspect="auto")
+    for i in range(len(ckpts)):
+        for j in range(len(scales)):
+            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
+    ax.add_patch(plt.Rectangle((scales.index(chosen["guidance_scale"]) - 0.5, ckpts.index(chosen["checkpoint"]) - 0.5),
+                               1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(scales)), [f"w={s:g}" for s in scales])
+    ax.set_yticks(range(len(ckpts)), ckpts)
+    ax.set_title("validation CAS by checkpoint and guidance scale", fontsize=10)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _short(name: str, n: int = 28) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

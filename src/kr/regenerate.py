@@ -1,0 +1,62 @@
+"""GKD regeneration: fresh class-balanced synthetic images, each labelled with the teacher's logits.
+
+The pool is cut into shards that can be drawn in parallel (one pipeline task each); every shard has its own
+noise stream and its own class rotation, so shards never repeat each other and the union stays balanced.
+Logits, not probabilities, are stored: the distillation temperature stays a training-time choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kr.classifier import load_classifier, predict_logits
+from kr.config import SamplerConfig
+from kr.generator import balanced_labels, load_generator, sample, sampling_scheduler
+from kr.runtime import derive_seed
+
+
+def pool_size(n_train: int, images_per_epoch: float, pool_slices: int) -> tuple[int, int]:
+    """(images per slice, total images) of the GKD pool for a real training set of n_train images."""
+    per_slice = max(2, round(images_per_epoch * n_train))
+    return per_slice, per_slice * pool_slices
+
+
+def shard_sizes(total: int, shards: int) -> list[int]:
+    base, extra = divmod(total, shards)
+    return [base + (1 if i < extra else 0) for i in range(shards)]
+
+
+def regenerate_shard(
+    gen_dir: Path, checkpoint: str, teacher_path: Path, n_images: int, guidance_scale: float,
+    sampler: SamplerConfig, shard: int, seed: int, out_path: Path,
+) -> dict:
+    """Draw one shard and write it as .npz: images (uint8 N,C,H,W), gen_labels, teacher_logits."""
+    unet = load_generator(Path(gen_dir) / "checkpoints" / checkpoint)
+    n_classes = unet.config.num_class_embeds - 1
+    labels = balanced_labels(n_images, n_classes, offset=shard)
+    images = sample(unet, sampling_scheduler(gen_dir, sampler), labels, guidance_scale, sampler,
+                    derive_seed(seed, "regenerate", shard), f"regenerate shard {shard}")
+    logits = predict_logits(load_classifier(teacher_path), images)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "wb") as f:  # a file handle: np.savez would append .npz to a bare path
+        np.savez(f, images=images, gen_labels=labels, teacher_logits=logits.astype(np.float32))
+    return {
+        "path": str(out_path),
+        "shard": shard,
+        "n": int(len(images)),
+        "class_counts": np.bincount(labels, minlength=n_classes).tolist(),
+        "teacher_agreement": float((logits.argmax(1) == labels).mean()),
+    }
+
+
+def load_pool(paths: list[Path]) -> dict[str, np.ndarray]:
+    parts = []
+    for p in sorted(paths, key=str):
+        with np.load(p, allow_pickle=False) as z:
+            parts.append({k: z[k] for k in ("images", "gen_labels", "teacher_logits")})
+    if not parts:
+        raise ValueError("the GKD pool is empty: no regeneration shard was produced")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,57 @@
+"""The GKD student (trained only on regenerated images with the teacher's soft labels) and the naive baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kr.classifier import build_classifier, fit, predict_logits, save_classifier
+from kr.config import GKDConfig, NaiveConfig
+from kr.data import Dataset
+from kr.metrics import classification_metrics, softmax
+from kr.regenerate import load_pool
+
+
+def pool_slices(n: int, slices: int, seed: int) -> list[np.ndarray]:
+    """Disjoint index slices of equal size over a shuffled pool (a fresh set of images per epoch)."""
+    order = np.random.default_rng(seed).permutation(n)
+    size = n // slices
+    return [np.sort(order[i * size : (i + 1) * size]) for i in range(slices)]
+
+
+def _score(model, data: Dataset) -> dict:
+    return {
+        "val": classification_metrics(predict_logits(model, data.x_val), data.y_val),
+        "test": classification_metrics(predict_logits(model, data.x_test), data.y_test),
+    }
+
+
+def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir: Path, seed: int) -> dict:
+    """Epoch e trains on slice e mod pool_slices; targets are softmax(teacher logits / T)."""
+    pool = load_pool(pool_paths)
+    slices = pool_slices(len(pool["images"]), cfg.pool_slices, seed)
+    targets = softmax(pool["teacher_logits"].astype(np.float64), cfg.temperature).astype(np.float32)
+    model = build_classifier(cfg.student, data.info.channels, data.info.n_classes)
+    history = fit(
+        model,
+        lambda e: (pool["images"][slices[e % len(slices)]], targets[slices[e % len(slices)]]),
+        (data.x_val, data.y_val), cfg.student, seed, "GKD student", temperature=cfg.temperature,
+    )
+    path = save_classifier(model, Path(out_dir) / "student.pt",
+                           extra={"role": "student", "dataset_md5": data.info.md5, "temperature": cfg.temperature})
+    return {"path": str(path), "pool_images": int(len(pool["images"])), "images_per_epoch": int(len(slices[0])),
+            "best_epoch": history["best_epoch"], "history": history["history"], "train_s": history["train_s"],
+            **_score(model, data)}
+
+
+def train_naive(data: Dataset, pool_paths: list[Path], gkd: GKDConfig, cfg: NaiveConfig, seed: int) -> dict:
+    """Naive CAS: the student's architecture on one fixed synthetic set with the generator's hard labels."""
+    pool = load_pool(pool_paths)
+    fixed = pool_slices(len(pool["images"]), gkd.pool_slices, seed)[0]
+    x, y = pool["images"][fixed], pool["gen_labels"][fixed].astype(np.int64)
+    model = build_classifier(gkd.student, data.info.channels, data.info.n_classes)
+    train_cfg = gkd.student.model_copy(update={"epochs": cfg.epochs})
+    history = fit(model, lambda _e: (x, y), (data.x_val, data.y_val), train_cfg, seed, "naive CAS")
+    return {"images": int(len(x)), "best_epoch": history["best_epoch"], "train_s": history["train_s"],
+            **_score(model, data)}
