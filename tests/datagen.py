@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SIZE = 28
 
@@ -24,6 +26,15 @@ def _images(labels: np.ndarray, channels: int, n_classes: int, rng: np.random.Ge
     tint = 0.6 + 0.4 * np.stack([np.cos(angles + k * 2 * np.pi / 3) ** 2 for k in range(3)], axis=-1)
     rgb = base[..., None] * tint[:, None, None, :]
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+# The real MedMNIST files live in ../shared/data/medmnist beside the repository (KR_TEST_DATA_ROOT overrides).
+REAL_ROOT = Path(
+    os.environ.get("KR_TEST_DATA_ROOT") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
+)
+needs_real = pytest.mark.skipif(
+    not (REAL_ROOT / "breastmnist.npz").is_file(), reason=f"real MedMNIST files not found in {REAL_ROOT}"
+)
 
 
 def make_arrays(

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import medmnist
 import numpy as np
 import pytest
-from datagen import make_arrays, write_npz
+from datagen import REAL_ROOT, make_arrays, needs_real, write_npz
 from medmnist.info import DEFAULT_ROOT, INFO
 
 from kr import data
 from kr.data import DataError, file_md5, load_dataset, resolve_data_root
-
-REAL_ROOT = Path(
-    os.environ.get("KR_TEST_DATA_ROOT")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
-)
-needs_real = pytest.mark.skipif(
-    not (REAL_ROOT / "breastmnist.npz").is_file(), reason=f"real MedMNIST files not found in {REAL_ROOT}"
-)
 
 
 def raises(match_words: list[str], *args, **kwargs) -> str:
@@ -126,8 +117,9 @@ def test_split_rejects_unknown_name(tmp_path):
 
 
 def test_missing_file_for_flag(tmp_path):
-    msg = raises(["breastmnist.npz", "not found", "--data-root", "KR_DATA_ROOT", "--download"],
-                 "breastmnist", data_root=tmp_path)
+    msg = raises(
+        ["breastmnist.npz", "not found", "--data-root", "KR_DATA_ROOT", "--download"], "breastmnist", data_root=tmp_path
+    )
     assert str(tmp_path) in msg
 
 
@@ -159,8 +151,11 @@ def test_not_a_zip(tmp_path):
 
 def test_wrong_md5(tmp_path):
     path = write_npz(tmp_path / "breastmnist.npz", channels=1, n_classes=2)
-    msg = raises(["breastmnist.npz", "MD5 mismatch", INFO["breastmnist"]["MD5"], file_md5(path), "re-download"],
-                 "breastmnist", data_root=tmp_path)
+    msg = raises(
+        ["breastmnist.npz", "MD5 mismatch", INFO["breastmnist"]["MD5"], file_md5(path), "re-download"],
+        "breastmnist",
+        data_root=tmp_path,
+    )
     assert "expected" in msg
 
 
@@ -264,8 +259,7 @@ def test_flag_with_matching_md5_uses_info(tmp_path, monkeypatch):
 def test_flag_label_out_of_range(tmp_path, monkeypatch):
     labels = make_arrays(n_test=156, channels=1, n_classes=2)["test_labels"].copy()
     labels[0] = 2
-    as_flag(tmp_path, monkeypatch, n_train=546, n_val=78, n_test=156, channels=1, n_classes=2,
-            test_labels=labels)
+    as_flag(tmp_path, monkeypatch, n_train=546, n_val=78, n_test=156, channels=1, n_classes=2, test_labels=labels)
     raises(["breastmnist.npz", "out of range", "'test'", "[2]", "[0, 2)"], "breastmnist", data_root=tmp_path)
 
 

@@ -47,11 +47,13 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """Three stages at 28, 14 and 7 pixels; about 0.7 M parameters at width 32."""
 
-    def __init__(self, channels: int, n_classes: int, width: int = 32, blocks_per_stage: int = 2,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, channels: int, n_classes: int, width: int = 32, blocks_per_stage: int = 2, dropout: float = 0.1
+    ) -> None:
         super().__init__()
-        self.arch = dict(channels=channels, n_classes=n_classes, width=width,
-                         blocks_per_stage=blocks_per_stage, dropout=dropout)
+        self.arch = dict(
+            channels=channels, n_classes=n_classes, width=width, blocks_per_stage=blocks_per_stage, dropout=dropout
+        )
         self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         layers, c_in = [], width
         for i, mult in enumerate((1, 2, 4)):
@@ -60,13 +62,16 @@ class SmallResNet(nn.Module):
                 layers.append(BasicBlock(c_in, width * mult, stride))
                 c_in = width * mult
         self.stages = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, n_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, n_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
 
 
-def build_classifier(cfg: ClassifierConfig, channels: int, n_classes: int) -> SmallResNet:
+def build_classifier(cfg: ClassifierConfig, channels: int, n_classes: int, seed: int) -> SmallResNet:
+    torch.manual_seed(seed)  # initial weights are part of what makes a run reproducible
     return SmallResNet(channels, n_classes, cfg.width, cfg.blocks_per_stage, cfg.dropout)
 
 
@@ -94,7 +99,9 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, tempera
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x_uint8: np.ndarray, batch_size: int = 512, bf16: bool | str = "auto") -> np.ndarray:
+def predict_logits(
+    model: nn.Module, x_uint8: np.ndarray, batch_size: int = 512, bf16: bool | str = "auto"
+) -> np.ndarray:
     model.eval()
     dev = device()
     outs = []
@@ -130,19 +137,24 @@ def fit(
     torch.manual_seed(seed)
     first = epoch_data(0)
     steps_per_epoch = max(1, len(first[0]) // cfg.batch_size)
+    epochs = cfg.epochs if cfg.max_steps is None else max(1, min(cfg.epochs, -(-cfg.max_steps // steps_per_epoch)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+        opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
     best, best_state, history = None, None, []
     t0 = time.perf_counter()
-    with bar(name, total=cfg.epochs, unit="epoch") as progress:
-        for epoch in range(cfg.epochs):
+    with bar(name, total=epochs, unit="epoch") as progress:
+        for epoch in range(epochs):
             x_np, y_np = first if epoch == 0 else epoch_data(epoch)
             loss_sum, seen = _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps_per_epoch, dev)
             val_metrics = classification_metrics(predict_logits(model, val[0], bf16=cfg.bf16), val[1])
-            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-                      "val_accuracy": val_metrics["accuracy"], "val_auc": val_metrics["auc"]}
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1),
+                "val_accuracy": val_metrics["accuracy"],
+                "val_auc": val_metrics["auc"],
+            }
             history.append(record)
             if on_epoch:
                 on_epoch(epoch, record)
@@ -150,11 +162,16 @@ def fit(
                 best, best_state = val_metrics, copy.deepcopy(model.state_dict())
                 record["best"] = True
             progress.advance()
-            progress.note(f"loss {record['train_loss']:.3f} val acc {val_metrics['accuracy']:.3f} "
-                          f"(best {best['accuracy']:.3f})")
+            progress.note(
+                f"loss {record['train_loss']:.3f} val acc {val_metrics['accuracy']:.3f} (best {best['accuracy']:.3f})"
+            )
     model.load_state_dict(best_state)
-    return {"history": history, "best_epoch": max(i for i, h in enumerate(history) if h.get("best")),
-            "val": best, "train_s": time.perf_counter() - t0}
+    return {
+        "history": history,
+        "best_epoch": max(i for i, h in enumerate(history) if h.get("best")),
+        "val": best,
+        "train_s": time.perf_counter() - t0,
+    }
 
 
 def _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps, dev) -> tuple[float, int]:

@@ -22,14 +22,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DatasetOpt = Annotated[str, typer.Option(help="MedMNIST 2-D flag (e.g. breastmnist) or a path to an .npz in "
-                                              "MedMNIST layout")]
+DatasetOpt = Annotated[
+    str, typer.Option(help="MedMNIST 2-D flag (e.g. breastmnist) or a path to an .npz in MedMNIST layout")
+]
 ProfileOpt = Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")]
-DataRootOpt = Annotated[Path | None, typer.Option(help="folder with <flag>.npz; default $KR_DATA_ROOT, then "
-                                                       "~/.medmnist")]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="folder with <flag>.npz; default $KR_DATA_ROOT, then ~/.medmnist")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of config values (over the profile)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE over the config, e.g. gkd.epochs=3; "
-                                                                "repeatable")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="KEY=VALUE over the config, e.g. gkd.epochs=3; repeatable")
+]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -37,8 +40,14 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _resolve(dataset: str, profile: str, data_root: Path | None, config: Path | None, overrides: list[str] | None,
-             download: bool = False) -> RunConfig:
+def _resolve(
+    dataset: str,
+    profile: str,
+    data_root: Path | None,
+    config: Path | None,
+    overrides: list[str] | None,
+    download: bool = False,
+) -> RunConfig:
     base = {"data": {"dataset": dataset, "download": download}}
     root = data_root if data_root is not None else os.environ.get("KR_DATA_ROOT")
     if root:
@@ -51,8 +60,12 @@ def run(
     dataset: DatasetOpt = "breastmnist",
     profile: ProfileOpt = "cpu",
     data_root: DataRootOpt = None,
-    out: Annotated[Path | None, typer.Option(help="run folder; default runs/<dataset>-<profile>-<time>. "
-                                                  "An existing folder resumes generator training.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="run folder; default runs/<dataset>-<profile>-<time>. An existing folder resumes generator training."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     download: Annotated[bool, typer.Option(help="download the MedMNIST file if it is missing")] = False,

@@ -40,6 +40,7 @@ class ClassifierConfig(Strict):
     blocks_per_stage: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(30, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps: large sets train fewer epochs")
     batch_size: int = Field(128, ge=2)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -108,6 +109,7 @@ class GKDConfig(Strict):
 
     epochs: int = Field(20, ge=1)
     images_per_epoch: float = Field(1.0, gt=0, description="synthetic images per epoch, as a multiple of n_train")
+    max_images_per_epoch: int | None = Field(None, ge=2, description="cap, so large sets fit a compute budget")
     pool_slices: int = Field(10, ge=1, description="disjoint fresh slices in the pool; epoch e uses slice e mod this")
     shards: int = Field(2, ge=1, description="regeneration shards (parallel tasks in the pipeline)")
     temperature: float = Field(2.0, gt=0)

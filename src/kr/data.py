@@ -151,8 +151,7 @@ def _check_images(path: Path, arrays: dict[str, np.ndarray]) -> int:
             channels[key] = 3
         else:
             raise DataError(
-                f"{path}: key '{key}' has shape {x.shape}; expected (N, 28, 28) for grayscale "
-                f"or (N, 28, 28, 3) for RGB"
+                f"{path}: key '{key}' has shape {x.shape}; expected (N, 28, 28) for grayscale or (N, 28, 28, 3) for RGB"
             )
     if len(set(channels.values())) > 1:
         raise DataError(f"{path}: image splits disagree on channels: {channels}; all splits must agree")
@@ -255,9 +254,17 @@ def load_dataset(dataset: str, data_root: str | Path | None = None, download: bo
         return np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2))
 
     info = DatasetInfo(
-        name=flag or path.stem, path=str(path), md5=md5, source="medmnist" if flag else "file", task=task,
-        n_classes=len(names), channels=channels, image_size=IMAGE_SIZE, class_names=names,
-        n_train=len(labels["train"]), n_val=len(labels["val"]), n_test=len(labels["test"]),
+        name=flag or path.stem,
+        path=str(path),
+        md5=md5,
+        source="medmnist" if flag else "file",
+        task=task,
+        n_classes=len(names),
+        channels=channels,
+        image_size=IMAGE_SIZE,
+        class_names=names,
+        n_train=len(labels["train"]),
+        n_val=len(labels["val"]),
+        n_test=len(labels["test"]),
     )
-    return Dataset(info, images("train"), labels["train"], images("val"), labels["val"],
-                   images("test"), labels["test"])
+    return Dataset(info, images("train"), labels["train"], images("val"), labels["val"], images("test"), labels["test"])

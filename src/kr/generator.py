@@ -76,8 +76,11 @@ def list_checkpoints(gen_dir: Path) -> list[Checkpoint]:
     root = Path(gen_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [Checkpoint(int(p.name.split("-")[1]), p) for p in root.glob("step-*")
-             if p.is_dir() and not p.name.endswith(".tmp") and (p / "ema").is_dir()]
+    found = [
+        Checkpoint(int(p.name.split("-")[1]), p)
+        for p in root.glob("step-*")
+        if p.is_dir() and not p.name.endswith(".tmp") and (p / "ema").is_dir()
+    ]
     return sorted(found, key=lambda c: c.step)
 
 
@@ -92,8 +95,9 @@ def _check_spec(gen_dir: Path, spec: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != spec:
-            diff = sorted(k for k in set(old["config"]) | set(spec["config"])
-                          if old["config"].get(k) != spec["config"].get(k))
+            diff = sorted(
+                k for k in set(old["config"]) | set(spec["config"]) if old["config"].get(k) != spec["config"].get(k)
+            )
             extra = [k for k in ("channels", "n_classes", "seed") if old.get(k) != spec.get(k)]
             raise GeneratorError(
                 f"{gen_dir} holds a generator trained with other settings ({', '.join(diff + extra)}); "
@@ -104,8 +108,14 @@ def _check_spec(gen_dir: Path, spec: dict) -> None:
         path.write_text(json.dumps(spec, indent=2))
 
 
-def _batch(x_train: np.ndarray, y_train: np.ndarray, cfg: GeneratorConfig, n_classes: int,
-           sched: DDPMScheduler, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _batch(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    cfg: GeneratorConfig,
+    n_classes: int,
+    sched: DDPMScheduler,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, ...]:
     idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=gen).numpy()
     x = to_unit(x_train[idx])
     if cfg.hflip:
@@ -122,7 +132,12 @@ def _batch(x_train: np.ndarray, y_train: np.ndarray, cfg: GeneratorConfig, n_cla
 
 
 def train_generator(
-    x_train: np.ndarray, y_train: np.ndarray, n_classes: int, cfg: GeneratorConfig, out_dir: Path, seed: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    n_classes: int,
+    cfg: GeneratorConfig,
+    out_dir: Path,
+    seed: int,
     stop_after: int | None = None,
 ) -> dict:
     """Train (or resume) the generator in `out_dir`. `stop_after` ends early after that many steps (tests)."""
@@ -130,6 +145,7 @@ def train_generator(
     channels = int(x_train.shape[1])
     _check_spec(out_dir, _spec(cfg, channels, n_classes, seed))
     dev = device()
+    torch.manual_seed(seed)  # the initial weights are part of the run's reproducibility
     unet = build_unet(cfg, channels, n_classes, int(x_train.shape[-1])).to(dev)
     noise_sched = build_noise_scheduler(cfg)
     noise_sched.save_pretrained(out_dir / "scheduler")
@@ -199,8 +215,16 @@ def _save_checkpoint(out_dir: Path, step: int, unet, opt, lr_sched, ema, keep: i
     ema_unet = copy.deepcopy(unet)
     ema.copy_to(ema_unet.parameters())
     ema_unet.save_pretrained(tmp / "ema")
-    torch.save({"step": step, "unet": unet.state_dict(), "optimizer": opt.state_dict(),
-                "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict()}, tmp / "state.pt")
+    torch.save(
+        {
+            "step": step,
+            "unet": unet.state_dict(),
+            "optimizer": opt.state_dict(),
+            "lr_scheduler": lr_sched.state_dict(),
+            "ema": ema.state_dict(),
+        },
+        tmp / "state.pt",
+    )
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     kept = list_checkpoints(out_dir)
@@ -233,7 +257,12 @@ def balanced_labels(n: int, n_classes: int, offset: int = 0) -> np.ndarray:
 
 @torch.no_grad()
 def sample(
-    unet: UNet2DModel, scheduler, labels: np.ndarray, guidance_scale: float, cfg: SamplerConfig, seed: int,
+    unet: UNet2DModel,
+    scheduler,
+    labels: np.ndarray,
+    guidance_scale: float,
+    cfg: SamplerConfig,
+    seed: int,
     description: str = "sampling",
 ) -> np.ndarray:
     """Draw one image per label. guidance_scale 1 is plain conditional sampling; above 1, classifier-free

@@ -26,11 +26,19 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
         auc = float(roc_auc_score(labels, probs[:, 1]))
     else:
         auc = float(
-            roc_auc_score(labels, probs[:, present] / probs[:, present].sum(1, keepdims=True),
-                          multi_class="ovr", average="macro", labels=present)
+            roc_auc_score(
+                labels,
+                probs[:, present] / probs[:, present].sum(1, keepdims=True),
+                multi_class="ovr",
+                average="macro",
+                labels=present,
+            )
         )
     per_class = {
-        str(c): {"n": int((labels == c).sum()), "recall": float((pred[labels == c] == c).mean()) if (labels == c).any() else None}
+        str(c): {
+            "n": int((labels == c).sum()),
+            "recall": float((pred[labels == c] == c).mean()) if (labels == c).any() else None,
+        }
         for c in range(n_classes)
     }
     return {

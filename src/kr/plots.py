@@ -21,13 +21,18 @@ def _tile(images: np.ndarray, n: int) -> np.ndarray:
 
 
 def sample_grid(
-    real_x: np.ndarray, real_y: np.ndarray, syn_x: np.ndarray, syn_y: np.ndarray, class_names: list[str],
-    path: Path, per_class: int = 8, title: str = "",
+    real_x: np.ndarray,
+    real_y: np.ndarray,
+    syn_x: np.ndarray,
+    syn_y: np.ndarray,
+    class_names: list[str],
+    path: Path,
+    per_class: int = 8,
+    title: str = "",
 ) -> Path:
     """One row per class: real training images on the left, synthetic ones on the right."""
     n_classes = len(class_names)
-    fig, axes = plt.subplots(n_classes, 2, figsize=(2 * per_class * 0.45 + 1.5, n_classes * 0.6 + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(n_classes, 2, figsize=(2 * per_class * 0.45 + 1.5, n_classes * 0.6 + 0.8), squeeze=False)
     for c in range(n_classes):
         for col, (x, y, label) in enumerate(((real_x, real_y, "real"), (syn_x, syn_y, "synthetic"))):
             ax = axes[c, col]
@@ -56,8 +61,16 @@ def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
     for i in range(len(ckpts)):
         for j in range(len(scales)):
             ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
-    ax.add_patch(plt.Rectangle((scales.index(chosen["guidance_scale"]) - 0.5, ckpts.index(chosen["checkpoint"]) - 0.5),
-                               1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.add_patch(
+        plt.Rectangle(
+            (scales.index(chosen["guidance_scale"]) - 0.5, ckpts.index(chosen["checkpoint"]) - 0.5),
+            1,
+            1,
+            fill=False,
+            edgecolor="red",
+            linewidth=2,
+        )
+    )
     ax.set_xticks(range(len(scales)), [f"w={s:g}" for s in scales])
     ax.set_yticks(range(len(ckpts)), ckpts)
     ax.set_title("validation CAS by checkpoint and guidance scale", fontsize=10)

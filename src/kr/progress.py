@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -33,14 +34,31 @@ class RateColumn(ProgressColumn):
 
 
 class Bar:
-    def __init__(self, progress: Progress, task_id: int) -> None:
+    """A live bar on a terminal; in logs (KFP pods, CI, nohup) a plain line every `log_every_s` seconds."""
+
+    def __init__(self, progress: Progress, task_id: int, log_every_s: float = 30.0) -> None:
         self._progress, self._task = progress, task_id
+        self._live = console.is_terminal
+        self._log_every, self._last_log = log_every_s, time.monotonic()
 
     def advance(self, n: float = 1) -> None:
         self._progress.update(self._task, advance=n)
+        if not self._live and time.monotonic() - self._last_log >= self._log_every:
+            self._last_log = time.monotonic()
+            self._log_line()
 
     def note(self, text: str) -> None:
         self._progress.update(self._task, status=text)
+
+    def _log_line(self) -> None:
+        task = self._progress.tasks[self._task]
+        unit = task.fields.get("unit", "it")
+        rate = f"{task.speed:,.1f} {unit}/s" if task.speed else "-"
+        eta = f"{task.time_remaining:,.0f} s" if task.time_remaining is not None else "-"
+        console.log(
+            f"{task.description}: {task.completed:,.0f}/{task.total:,.0f} {unit}, {rate}, eta {eta} "
+            f"{task.fields.get('status', '')}"
+        )
 
 
 @contextlib.contextmanager

@@ -17,9 +17,10 @@ from kr.generator import balanced_labels, load_generator, sample, sampling_sched
 from kr.runtime import derive_seed
 
 
-def pool_size(n_train: int, images_per_epoch: float, pool_slices: int) -> tuple[int, int]:
+def pool_size(n_train: int, images_per_epoch: float, pool_slices: int, cap: int | None = None) -> tuple[int, int]:
     """(images per slice, total images) of the GKD pool for a real training set of n_train images."""
     per_slice = max(2, round(images_per_epoch * n_train))
+    per_slice = per_slice if cap is None else min(per_slice, cap)
     return per_slice, per_slice * pool_slices
 
 
@@ -29,15 +30,29 @@ def shard_sizes(total: int, shards: int) -> list[int]:
 
 
 def regenerate_shard(
-    gen_dir: Path, checkpoint: str, teacher_path: Path, n_images: int, guidance_scale: float,
-    sampler: SamplerConfig, shard: int, seed: int, out_path: Path,
+    gen_dir: Path,
+    checkpoint: str,
+    teacher_path: Path,
+    n_images: int,
+    guidance_scale: float,
+    sampler: SamplerConfig,
+    shard: int,
+    seed: int,
+    out_path: Path,
 ) -> dict:
     """Draw one shard and write it as .npz: images (uint8 N,C,H,W), gen_labels, teacher_logits."""
     unet = load_generator(Path(gen_dir) / "checkpoints" / checkpoint)
     n_classes = unet.config.num_class_embeds - 1
     labels = balanced_labels(n_images, n_classes, offset=shard)
-    images = sample(unet, sampling_scheduler(gen_dir, sampler), labels, guidance_scale, sampler,
-                    derive_seed(seed, "regenerate", shard), f"regenerate shard {shard}")
+    images = sample(
+        unet,
+        sampling_scheduler(gen_dir, sampler),
+        labels,
+        guidance_scale,
+        sampler,
+        derive_seed(seed, "regenerate", shard),
+        f"regenerate shard {shard}",
+    )
     logits = predict_logits(load_classifier(teacher_path), images)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

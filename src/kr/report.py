@@ -32,8 +32,9 @@ def write_report(summary: dict, path: Path) -> Path:
         f"| teacher | real train | {_pct(t['test']['accuracy'])} | {_num(t['test']['auc'])} |",
     ]
     if n:
-        lines.append(f"| naive CAS | one synthetic set, hard labels | {_pct(n['test']['accuracy'])} | "
-                     f"{_num(n['test']['auc'])} |")
+        lines.append(
+            f"| naive CAS | one synthetic set, hard labels | {_pct(n['test']['accuracy'])} | {_num(n['test']['auc'])} |"
+        )
     lines += [
         f"| **GKD student** | regenerated images, teacher soft labels | **{_pct(s['test']['accuracy'])}** | "
         f"{_num(s['test']['auc'])} |",
@@ -46,8 +47,10 @@ def write_report(summary: dict, path: Path) -> Path:
         "",
         "| checkpoint | guidance | val CAS | teacher agrees with label |",
         "| --- | --- | --- | --- |",
-        *(f"| {c['checkpoint']} | {c['guidance_scale']:g} | {_pct(c['val_cas'])} | {_pct(c['teacher_agreement'])} |"
-          for c in g["selection"]),
+        *(
+            f"| {c['checkpoint']} | {c['guidance_scale']:g} | {_pct(c['val_cas'])} | {_pct(c['teacher_agreement'])} |"
+            for c in g["selection"]
+        ),
         "",
         "![selection](selection.png)",
         "",

@@ -83,27 +83,56 @@ def run_pipeline(cfg: RunConfig, out: Path, profile: str) -> dict:
     timer = Timer()
     steps = out / "steps"
 
-    data: Dataset = timer.run("validate_data", lambda: load_dataset(cfg.data.dataset, cfg.data.data_root,
-                                                                     cfg.data.download))
+    data: Dataset = timer.run(
+        "validate_data", lambda: load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.download)
+    )
     info = data.info
-    console.print(f"{info.name}: {info.n_train}/{info.n_val}/{info.n_test} images, {info.n_classes} classes, "
-                  f"{info.channels} channel(s), md5 {info.md5}")
+    console.print(
+        f"{info.name}: {info.n_train}/{info.n_val}/{info.n_test} images, {info.n_classes} classes, "
+        f"{info.channels} channel(s), md5 {info.md5}"
+    )
     teacher = timer.run("train_teacher", lambda: train_teacher(data, cfg.teacher, steps / "teacher", cfg.seed))
-    generator = timer.run("train_generator", lambda: train_generator(
-        data.x_train, data.y_train, info.n_classes, cfg.generator, steps / "generator", cfg.seed))
-    selection = timer.run("select_generator", lambda: select_generator(
-        data, steps / "generator", Path(teacher["path"]), cfg.selection, cfg.sampler, steps / "selection", cfg.seed))
+    generator = timer.run(
+        "train_generator",
+        lambda: train_generator(
+            data.x_train, data.y_train, info.n_classes, cfg.generator, steps / "generator", cfg.seed
+        ),
+    )
+    selection = timer.run(
+        "select_generator",
+        lambda: select_generator(
+            data, steps / "generator", Path(teacher["path"]), cfg.selection, cfg.sampler, steps / "selection", cfg.seed
+        ),
+    )
 
     scale = cfg.gkd.guidance_scale if cfg.gkd.guidance_scale is not None else selection["guidance_scale"]
-    per_slice, total = pool_size(info.n_train, cfg.gkd.images_per_epoch, cfg.gkd.pool_slices)
-    shards = timer.run("regenerate", lambda: [
-        regenerate_shard(steps / "generator", selection["checkpoint"], Path(teacher["path"]), n, scale, cfg.sampler,
-                         k, cfg.seed, steps / "regenerate" / f"shard-{k:03d}.npz")
-        for k, n in enumerate(shard_sizes(total, cfg.gkd.shards))])
+    per_slice, total = pool_size(
+        info.n_train, cfg.gkd.images_per_epoch, cfg.gkd.pool_slices, cfg.gkd.max_images_per_epoch
+    )
+    shards = timer.run(
+        "regenerate",
+        lambda: [
+            regenerate_shard(
+                steps / "generator",
+                selection["checkpoint"],
+                Path(teacher["path"]),
+                n,
+                scale,
+                cfg.sampler,
+                k,
+                cfg.seed,
+                steps / "regenerate" / f"shard-{k:03d}.npz",
+            )
+            for k, n in enumerate(shard_sizes(total, cfg.gkd.shards))
+        ],
+    )
     pool_paths = [Path(s["path"]) for s in shards]
     student = timer.run("train_student", lambda: train_student(data, pool_paths, cfg.gkd, steps / "student", cfg.seed))
-    naive = (timer.run("train_naive", lambda: train_naive(data, pool_paths, cfg.gkd, cfg.naive, cfg.seed))
-             if cfg.naive.enabled else None)
+    naive = (
+        timer.run("train_naive", lambda: train_naive(data, pool_paths, cfg.gkd, cfg.naive, cfg.seed))
+        if cfg.naive.enabled
+        else None
+    )
 
     samples_png = _sample_grid(data, pool_paths[0], out / "samples.png", info.class_names)
     plots.selection_heatmap(selection["selection"], selection, out / "selection.png")
@@ -115,30 +144,60 @@ def run_pipeline(cfg: RunConfig, out: Path, profile: str) -> dict:
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
-        "dataset": {"name": info.name, "md5": info.md5, "task": info.task, "n_classes": info.n_classes,
-                    "channels": info.channels, "n_train": info.n_train, "n_val": info.n_val, "n_test": info.n_test,
-                    "source": info.source, "class_names": list(info.class_names),
-                    "majority_rate_test": majority_rate(data.y_test)},
+        "dataset": {
+            "name": info.name,
+            "md5": info.md5,
+            "task": info.task,
+            "n_classes": info.n_classes,
+            "channels": info.channels,
+            "n_train": info.n_train,
+            "n_val": info.n_val,
+            "n_test": info.n_test,
+            "source": info.source,
+            "class_names": list(info.class_names),
+            "majority_rate_test": majority_rate(data.y_test),
+        },
         "profile": profile,
         "config": cfg.model_dump(mode="json"),
         "config_digest": cfg.digest(),
-        "teacher": {"val": _headline(teacher["val"]), "test": _headline(teacher["test"]),
-                    "test_per_class": teacher["test"]["per_class"], "best_epoch": teacher["best_epoch"],
-                    "params": teacher["params"]},
-        "generator": {"checkpoint": selection["checkpoint"], "guidance_scale": selection["guidance_scale"],
-                      "val_cas": selection["val_cas"], "selection": selection["selection"],
-                      "training": {k: generator[k] for k in ("steps", "resumed_from", "params", "final_loss")}},
-        "regeneration": {"images": total, "images_per_epoch": per_slice, "guidance_scale": scale,
-                         "shards": [{k: s[k] for k in ("shard", "n", "class_counts", "teacher_agreement")}
-                                    for s in shards],
-                         "teacher_agreement": float(np.average([s["teacher_agreement"] for s in shards],
-                                                               weights=[s["n"] for s in shards]))},
+        "teacher": {
+            "val": _headline(teacher["val"]),
+            "test": _headline(teacher["test"]),
+            "test_per_class": teacher["test"]["per_class"],
+            "best_epoch": teacher["best_epoch"],
+            "params": teacher["params"],
+        },
+        "generator": {
+            "checkpoint": selection["checkpoint"],
+            "guidance_scale": selection["guidance_scale"],
+            "val_cas": selection["val_cas"],
+            "selection": selection["selection"],
+            "training": {k: generator[k] for k in ("steps", "resumed_from", "params", "final_loss")},
+        },
+        "regeneration": {
+            "images": total,
+            "images_per_epoch": per_slice,
+            "guidance_scale": scale,
+            "shards": [{k: s[k] for k in ("shard", "n", "class_counts", "teacher_agreement")} for s in shards],
+            "teacher_agreement": float(
+                np.average([s["teacher_agreement"] for s in shards], weights=[s["n"] for s in shards])
+            ),
+        },
         "naive": {"test": _headline(naive["test"]), "val": _headline(naive["val"])} if naive else None,
-        "student": {"val": _headline(student["val"]), "test": _headline(student["test"]),
-                    "test_per_class": student["test"]["per_class"], "best_epoch": student["best_epoch"]},
+        "student": {
+            "val": _headline(student["val"]),
+            "test": _headline(student["test"]),
+            "test_per_class": student["test"]["per_class"],
+            "best_epoch": student["best_epoch"],
+        },
         "cas_gap_pp": round(100 * (student["test"]["accuracy"] - teacher["test"]["accuracy"]), 2),
-        "artifacts": {"teacher": teacher["path"], "student": student["path"], "samples": str(samples_png),
-                      "selection_plot": str(out / "selection.png"), "report": str(out / "report.md")},
+        "artifacts": {
+            "teacher": teacher["path"],
+            "student": student["path"],
+            "samples": str(samples_png),
+            "selection_plot": str(out / "selection.png"),
+            "report": str(out / "report.md"),
+        },
         "timings_s": timer.timings,
         "total_wall_s": round(time.perf_counter() - t_start, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -151,8 +210,15 @@ def run_pipeline(cfg: RunConfig, out: Path, profile: str) -> dict:
 def _sample_grid(data: Dataset, shard: Path, path: Path, class_names: tuple[str, ...]) -> Path:
     with np.load(shard) as z:
         syn_x, syn_y = z["images"], z["gen_labels"]
-    return plots.sample_grid(data.x_train, data.y_train, syn_x, syn_y, list(class_names), path,
-                             title=f"{data.info.name}: real (left) and regenerated (right) images per class")
+    return plots.sample_grid(
+        data.x_train,
+        data.y_train,
+        syn_x,
+        syn_y,
+        list(class_names),
+        path,
+        title=f"{data.info.name}: real (left) and regenerated (right) images per class",
+    )
 
 
 def write_summary(out: Path, summary: dict) -> Path:

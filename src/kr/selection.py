@@ -14,14 +14,26 @@ import numpy as np
 from kr.classifier import build_classifier, fit, load_classifier, predict_logits
 from kr.config import SamplerConfig, SelectionConfig
 from kr.data import Dataset
-from kr.generator import GeneratorError, balanced_labels, list_checkpoints, load_generator, sample, sampling_scheduler
+from kr.generator import (
+    GeneratorError,
+    balanced_labels,
+    list_checkpoints,
+    load_generator,
+    sample,
+    sampling_scheduler,
+)
 from kr.metrics import classification_metrics
 from kr.runtime import derive_seed
 
 
 def select_generator(
-    data: Dataset, gen_dir: Path, teacher_path: Path, cfg: SelectionConfig, sampler: SamplerConfig,
-    out_dir: Path, seed: int,
+    data: Dataset,
+    gen_dir: Path,
+    teacher_path: Path,
+    cfg: SelectionConfig,
+    sampler: SamplerConfig,
+    out_dir: Path,
+    seed: int,
 ) -> dict:
     checkpoints = list_checkpoints(gen_dir)[-cfg.checkpoints :]
     if not checkpoints:
@@ -36,21 +48,41 @@ def select_generator(
         scheduler = sampling_scheduler(gen_dir, sampler)
         for scale in cfg.guidance_scales:
             images = sample(unet, scheduler, labels, scale, sampler, noise_seed, f"select {ckpt.name} w={scale:g}")
-            quick = build_classifier(cfg.classifier, data.info.channels, n_classes)
-            fit(quick, lambda _e, x=images: (x, labels), (data.x_val, data.y_val), cfg.classifier, seed,
-                f"val CAS {ckpt.name} w={scale:g}")
+            quick = build_classifier(cfg.classifier, data.info.channels, n_classes, seed)
+            fit(
+                quick,
+                lambda _e, x=images: (x, labels),
+                (data.x_val, data.y_val),
+                cfg.classifier,
+                seed,
+                f"val CAS {ckpt.name} w={scale:g}",
+            )
             val = classification_metrics(predict_logits(quick, data.x_val), data.y_val)
             agreement = float((predict_logits(teacher, images).argmax(1) == labels).mean())
-            grid.append({"checkpoint": ckpt.name, "step": ckpt.step, "guidance_scale": scale,
-                         "val_cas": val["accuracy"], "val_cas_auc": val["auc"], "teacher_agreement": agreement})
+            grid.append(
+                {
+                    "checkpoint": ckpt.name,
+                    "step": ckpt.step,
+                    "guidance_scale": scale,
+                    "val_cas": val["accuracy"],
+                    "val_cas_auc": val["auc"],
+                    "teacher_agreement": agreement,
+                }
+            )
             previews[(ckpt.name, scale)] = images
     # ties go to the later checkpoint and the smaller scale (guidance doubles the sampling cost)
     best = max(grid, key=lambda g: (g["val_cas"], g["teacher_agreement"], g["step"], -g["guidance_scale"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / "selection_samples.npz", images=previews[(best["checkpoint"], best["guidance_scale"])],
-                        labels=labels)
-    result = {"checkpoint": best["checkpoint"], "checkpoint_path": str(Path(gen_dir) / "checkpoints" / best["checkpoint"]),
-              "guidance_scale": best["guidance_scale"], "val_cas": best["val_cas"], "selection": grid}
+    np.savez_compressed(
+        out_dir / "selection_samples.npz", images=previews[(best["checkpoint"], best["guidance_scale"])], labels=labels
+    )
+    result = {
+        "checkpoint": best["checkpoint"],
+        "checkpoint_path": str(Path(gen_dir) / "checkpoints" / best["checkpoint"]),
+        "guidance_scale": best["guidance_scale"],
+        "val_cas": best["val_cas"],
+        "selection": grid,
+    }
     (out_dir / "selection.json").write_text(json.dumps(result, indent=2))
     return result

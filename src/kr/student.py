@@ -32,17 +32,30 @@ def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir
     pool = load_pool(pool_paths)
     slices = pool_slices(len(pool["images"]), cfg.pool_slices, seed)
     targets = softmax(pool["teacher_logits"].astype(np.float64), cfg.temperature).astype(np.float32)
-    model = build_classifier(cfg.student, data.info.channels, data.info.n_classes)
+    model = build_classifier(cfg.student, data.info.channels, data.info.n_classes, seed)
     history = fit(
         model,
         lambda e: (pool["images"][slices[e % len(slices)]], targets[slices[e % len(slices)]]),
-        (data.x_val, data.y_val), cfg.student, seed, "GKD student", temperature=cfg.temperature,
+        (data.x_val, data.y_val),
+        cfg.student,
+        seed,
+        "GKD student",
+        temperature=cfg.temperature,
     )
-    path = save_classifier(model, Path(out_dir) / "student.pt",
-                           extra={"role": "student", "dataset_md5": data.info.md5, "temperature": cfg.temperature})
-    return {"path": str(path), "pool_images": int(len(pool["images"])), "images_per_epoch": int(len(slices[0])),
-            "best_epoch": history["best_epoch"], "history": history["history"], "train_s": history["train_s"],
-            **_score(model, data)}
+    path = save_classifier(
+        model,
+        Path(out_dir) / "student.pt",
+        extra={"role": "student", "dataset_md5": data.info.md5, "temperature": cfg.temperature},
+    )
+    return {
+        "path": str(path),
+        "pool_images": int(len(pool["images"])),
+        "images_per_epoch": int(len(slices[0])),
+        "best_epoch": history["best_epoch"],
+        "history": history["history"],
+        "train_s": history["train_s"],
+        **_score(model, data),
+    }
 
 
 def train_naive(data: Dataset, pool_paths: list[Path], gkd: GKDConfig, cfg: NaiveConfig, seed: int) -> dict:
@@ -50,8 +63,12 @@ def train_naive(data: Dataset, pool_paths: list[Path], gkd: GKDConfig, cfg: Naiv
     pool = load_pool(pool_paths)
     fixed = pool_slices(len(pool["images"]), gkd.pool_slices, seed)[0]
     x, y = pool["images"][fixed], pool["gen_labels"][fixed].astype(np.int64)
-    model = build_classifier(gkd.student, data.info.channels, data.info.n_classes)
+    model = build_classifier(gkd.student, data.info.channels, data.info.n_classes, seed)
     train_cfg = gkd.student.model_copy(update={"epochs": cfg.epochs})
     history = fit(model, lambda _e: (x, y), (data.x_val, data.y_val), train_cfg, seed, "naive CAS")
-    return {"images": int(len(x)), "best_epoch": history["best_epoch"], "train_s": history["train_s"],
-            **_score(model, data)}
+    return {
+        "images": int(len(x)),
+        "best_epoch": history["best_epoch"],
+        "train_s": history["train_s"],
+        **_score(model, data),
+    }

@@ -13,7 +13,7 @@ from kr.metrics import classification_metrics
 def train_teacher(data: Dataset, cfg: ClassifierConfig, out_dir: Path, seed: int) -> dict:
     """Train on real train with augmentation, keep the best epoch by real val, score once on real test."""
     info = data.info
-    model = build_classifier(cfg, info.channels, info.n_classes)
+    model = build_classifier(cfg, info.channels, info.n_classes, seed)
     history = fit(model, lambda _epoch: (data.x_train, data.y_train), (data.x_val, data.y_val), cfg, seed, "teacher")
     val = classification_metrics(predict_logits(model, data.x_val, bf16=cfg.bf16), data.y_val)
     test = classification_metrics(predict_logits(model, data.x_test, bf16=cfg.bf16), data.y_test)

@@ -1,0 +1,70 @@
+"""Config resolution: profiles, files and --set overrides, strictly validated."""
+
+from __future__ import annotations
+
+import pytest
+
+from kr.config import PROFILES, ConfigError, RunConfig, parse_override, resolve_config
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_resolves(profile: str) -> None:
+    cfg = resolve_config(profile)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_smoke_is_smaller_than_cpu() -> None:
+    smoke, cpu = resolve_config("smoke"), resolve_config("cpu")
+    assert smoke.generator.train_steps < cpu.generator.train_steps
+    assert smoke.gkd.epochs < cpu.gkd.epochs
+
+
+def test_set_overrides_profile_and_file(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("gkd: {epochs: 7, temperature: 3.5}\nseed: 11\n")
+    cfg = resolve_config("smoke", f, ["gkd.epochs=3", "selection.guidance_scales=[1, 1.5]"])
+    assert cfg.gkd.epochs == 3  # --set beats the file
+    assert cfg.gkd.temperature == 3.5  # the file beats the profile
+    assert cfg.seed == 11
+    assert cfg.selection.guidance_scales == [1.0, 1.5]
+
+
+def test_parse_override_types() -> None:
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a=null") == (["a"], None)
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ("gkd.epoch=3", ["gkd.epoch", "Extra inputs"]),  # misspelled key
+        ("gkd.epochs=0", ["gkd.epochs", "greater than or equal"]),
+        ("gkd.epochs=many", ["gkd.epochs", "integer"]),
+        ("selection.guidance_scales=[0.5]", ["guidance_scales"]),
+        ("noequals", ["KEY=VALUE"]),
+        ("gkd.epochs.x=1", ["not a section"]),
+    ],
+)
+def test_bad_overrides_name_the_key(item: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as exc:
+        resolve_config("smoke", overrides=[item])
+    for word in words:
+        assert word in str(exc.value)
+
+
+def test_unknown_profile_and_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown profile"):
+        resolve_config("tiny")
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_config("smoke", tmp_path / "nope.yaml")
+
+
+def test_generator_levels_must_match() -> None:
+    with pytest.raises(ConfigError, match="attention_levels"):
+        resolve_config("smoke", overrides=["generator.attention_levels=[true]"])
+
+
+def test_digest_changes_with_config() -> None:
+    assert resolve_config("smoke").digest() != resolve_config("smoke", overrides=["seed=1"]).digest()
+    assert resolve_config("smoke").digest() == resolve_config("smoke").digest()

@@ -1,0 +1,119 @@
+"""Generator: shapes, class-balanced guided sampling, and resuming after a killed training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datagen import make_arrays
+
+from kr.config import GeneratorConfig, SamplerConfig
+from kr.generator import (
+    GeneratorError,
+    balanced_labels,
+    list_checkpoints,
+    load_generator,
+    sample,
+    sampling_scheduler,
+    train_generator,
+)
+
+TINY = dict(
+    block_out_channels=[8, 16],
+    attention_levels=[False, False],
+    norm_num_groups=4,
+    batch_size=8,
+    warmup_steps=2,
+    label_dropout=0.2,
+)
+
+
+def tiny_data(channels: int = 1, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    a = make_arrays(n_train=30, n_val=6, n_test=6, channels=channels, n_classes=n_classes)
+    x = a["train_images"]
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), a["train_labels"][:, 0].astype(np.int64)
+
+
+def test_train_then_sample_balanced_rgb(tmp_path: Path) -> None:
+    x, y = tiny_data(channels=3, n_classes=5)
+    cfg = GeneratorConfig(**TINY, train_steps=6, checkpoint_every=3, keep_checkpoints=2)
+    result = train_generator(x, y, 5, cfg, tmp_path, seed=0)
+    assert result["complete"] and result["steps"] == 6
+    assert [c.step for c in list_checkpoints(tmp_path)] == [3, 6]
+    # only the newest checkpoint keeps the optimiser state needed to resume
+    assert not (tmp_path / "checkpoints/step-000003/state.pt").exists()
+    assert (tmp_path / "checkpoints/step-000006/state.pt").exists()
+    unet = load_generator(tmp_path / "checkpoints/step-000006")
+    labels = balanced_labels(10, 5)
+    sampler = SamplerConfig(steps=3, batch_size=4)
+    for scale in (1.0, 2.5):  # plain conditional and classifier-free guidance
+        images = sample(unet, sampling_scheduler(tmp_path, sampler), labels, scale, sampler, seed=1)
+        assert images.shape == (10, 3, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [2, 2, 2, 2, 2]
+    again = sample(unet, sampling_scheduler(tmp_path, sampler), labels, 1.0, sampler, seed=1)
+    assert np.array_equal(again, sample(unet, sampling_scheduler(tmp_path, sampler), labels, 1.0, sampler, seed=1))
+
+
+def test_other_settings_refuse_to_resume(tmp_path: Path) -> None:
+    x, y = tiny_data()
+    train_generator(x, y, 3, GeneratorConfig(**TINY, train_steps=2, checkpoint_every=2), tmp_path, seed=0)
+    with pytest.raises(GeneratorError, match="label_dropout"):
+        train_generator(x, y, 3, GeneratorConfig(**{**TINY, "label_dropout": 0.5}, train_steps=2), tmp_path, seed=0)
+
+
+TRAIN_SCRIPT = """
+import json, sys
+import numpy as np
+from kr.config import GeneratorConfig
+from kr.generator import train_generator
+x, y = np.load(sys.argv[1])["x"], np.load(sys.argv[1])["y"]
+cfg = GeneratorConfig(**json.loads(sys.argv[2]))
+print(json.dumps(train_generator(x, y, 3, cfg, sys.argv[3], seed=0)))
+"""
+
+
+def _train_cmd(data: Path, cfg: dict, out: Path) -> list[str]:
+    return [sys.executable, "-c", TRAIN_SCRIPT, str(data), json.dumps(cfg), str(out)]
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    x, y = tiny_data()
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=y)
+    cfg = {**TINY, "train_steps": 120, "checkpoint_every": 5, "keep_checkpoints": 1}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    proc = subprocess.Popen(
+        _train_cmd(data, cfg, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(tmp_path / "killed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = list_checkpoints(tmp_path / "killed")[-1].step
+    assert 0 < killed_at < 120, "training must be killed part-way for this test to mean anything"
+
+    resumed = subprocess.run(
+        _train_cmd(data, cfg, tmp_path / "killed"), env=env, capture_output=True, text=True, check=True
+    )
+    result = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert result["resumed_from"] >= killed_at and result["complete"]
+
+    straight = subprocess.run(
+        _train_cmd(data, cfg, tmp_path / "straight"), env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(straight.stdout.strip().splitlines()[-1])["resumed_from"] == 0
+    a = load_generator(tmp_path / "killed/checkpoints/step-000120").state_dict()
+    b = load_generator(tmp_path / "straight/checkpoints/step-000120").state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end with the weights of an unbroken one"

@@ -1,0 +1,111 @@
+"""`kr run` end to end on the smoke profile: the real BreastMNIST file, and a generated RGB 5-class file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datagen import REAL_ROOT, needs_real, write_npz
+from typer.testing import CliRunner
+
+from kr.cli import app
+
+SUMMARY_KEYS = {
+    "schema",
+    "runner",
+    "dataset",
+    "profile",
+    "config",
+    "teacher",
+    "generator",
+    "naive",
+    "student",
+    "cas_gap_pp",
+    "timings_s",
+    "total_wall_s",
+}
+
+
+def kr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kr.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+def check_summary(out: Path, n_classes: int) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["schema"] == "kr.summary/1"
+    assert summary["dataset"]["n_classes"] == n_classes
+    for model in ("teacher", "student"):
+        for split in ("val", "test"):
+            assert 0.0 <= summary[model][split]["accuracy"] <= 1.0
+    assert 0.0 <= summary["naive"]["test"]["accuracy"] <= 1.0
+    assert summary["cas_gap_pp"] == pytest.approx(
+        100 * (summary["student"]["test"]["accuracy"] - summary["teacher"]["test"]["accuracy"]), abs=0.01
+    )
+    cfg = summary["config"]
+    grid = summary["generator"]["selection"]
+    assert len(grid) == cfg["selection"]["checkpoints"] * len(cfg["selection"]["guidance_scales"])
+    assert summary["generator"]["checkpoint"] in {g["checkpoint"] for g in grid}
+    # the pool is class-balanced: every class gets the same count (+-1 per shard)
+    counts = [sum(s["class_counts"][c] for s in summary["regeneration"]["shards"]) for c in range(n_classes)]
+    assert max(counts) - min(counts) <= len(summary["regeneration"]["shards"])
+    for name in ("report.md", "samples.png", "selection.png", "steps/student/student.pt", "steps/teacher/teacher.pt"):
+        assert (out / name).is_file(), name
+    return summary
+
+
+@pytest.mark.e2e
+@needs_real
+def test_smoke_run_on_real_breastmnist(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = kr("run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = check_summary(out, n_classes=2)
+    assert summary["dataset"]["md5"] == "750601b1f35ba3300ea97c75c52ff8f6"
+    assert summary["dataset"]["n_train"] == 546
+    assert summary["profile"] == "smoke"
+    assert summary["total_wall_s"] < 300
+
+    # running again into the same folder keeps the first run's summary and resumes the finished generator
+    again = kr("run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(list((out / "history").glob("*/summary.json"))) == 1
+    second = json.loads((out / "summary.json").read_text())
+    assert second["generator"]["training"]["resumed_from"] == summary["config"]["generator"]["train_steps"]
+    assert second["teacher"]["test"] == summary["teacher"]["test"]  # seeded: the same teacher again
+
+
+@pytest.mark.e2e
+def test_smoke_run_on_generated_rgb_five_classes(tmp_path: Path) -> None:
+    data = write_npz(tmp_path / "rgb5.npz", n_train=100, n_val=25, n_test=25, channels=3, n_classes=5)
+    out = tmp_path / "run"
+    result = kr("run", "--dataset", str(data), "--profile", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = check_summary(out, n_classes=5)
+    assert summary["dataset"]["channels"] == 3 and summary["dataset"]["task"] == "multi-class"
+    assert summary["dataset"]["source"] == "file"
+
+
+def test_missing_data_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", "--profile", "smoke", "--data-root", str(tmp_path / "empty"), "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "breastmnist.npz" in result.output and "not found" in result.output
+    assert not (out / "summary.json").exists()
+
+
+def test_bad_override_fails_before_any_work(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--profile", "smoke", "--set", "gkd.epochz=2", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "gkd.epochz" in result.output
+
+
+def test_config_command_shows_resolved_values() -> None:
+    result = CliRunner().invoke(app, ["config", "--profile", "smoke", "--set", "gkd.epochs=9", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["gkd"]["epochs"] == 9
