@@ -5,36 +5,29 @@ step, peak memory) and writes it as JSON. Each dataset runs in its own `kr run` 
 run's own.
 
     .venv/bin/python benchmarks/quality.py --data-root ../shared/data/medmnist [--profile cpu] [--set KEY=VALUE]
+    .venv/bin/python benchmarks/quality.py --runs runs/a runs/b      # tabulate finished runs
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from common import parser, stamp, summaries, write_json
 from rich.console import Console
 from rich.table import Table
 
-STEPS = ("train_teacher", "train_generator", "select_generator", "regenerate", "train_student", "train_naive")
+STEPS = (
+    "train_teacher",
+    "train_generator",
+    "select_generator",
+    "regenerate",
+    "train_student",
+    "train_naive",
+    "audit_privacy",
+)
 
 
-def run_one(dataset: str, args: argparse.Namespace, out_root: Path) -> dict:
-    out = out_root / dataset
-    cmd = [sys.executable, "-m", "kr.cli", "run", "--dataset", dataset, "--profile", args.profile, "--out", str(out)]
-    if args.data_root:
-        cmd += ["--data-root", args.data_root]
-    for item in args.set or []:
-        cmd += ["--set", item]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=not args.verbose, text=True)
-    if proc.returncode != 0:
-        return {"dataset": dataset, "error": (proc.stderr or "")[-2000:], "wall_s": time.perf_counter() - t0}
-    s = json.loads((out / "summary.json").read_text())
+def row(dataset: str, s: dict) -> dict:
     return {
         "dataset": dataset,
         "n_train": s["dataset"]["n_train"],
@@ -51,7 +44,6 @@ def run_one(dataset: str, args: argparse.Namespace, out_root: Path) -> dict:
         "timings_s": s["timings_s"],
         "wall_s": s["total_wall_s"],
         "peak_rss_mb": s["peak_rss_mb"],
-        "run_folder": str(out),
     }
 
 
@@ -66,17 +58,17 @@ def table(rows: list[dict], profile: str) -> Table:
         "student acc",
         "student AUC",
         "gap (pp)",
-        *(s.replace("train_", "").replace("_generator", "") + " s" for s in STEPS),
+        *(s.replace("train_", "").replace("_generator", "").replace("audit_", "") + " s" for s in STEPS),
         "wall min",
         "peak MB",
     ]
     for c in cols:
         t.add_column(c, justify="right")
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         if "error" in r:
             t.add_row(r["dataset"], "[red]failed", *[""] * (len(cols) - 2))
             continue
-        f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         t.add_row(
             r["dataset"],
             f(r["majority_rate"]),
@@ -94,28 +86,14 @@ def table(rows: list[dict], profile: str) -> Table:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--set", action="append", help="KEY=VALUE passed to every run")
-    p.add_argument("--out", default="runs/benchmarks/quality")
-    p.add_argument("--verbose", action="store_true", help="show the runs' progress")
-    args = p.parse_args()
-    out_root = Path(args.out) / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    rows = [run_one(d, args, out_root) for d in args.datasets]
+    args = parser(__doc__).parse_args()
+    out_root = Path(args.out) / "quality" / stamp()
+    rows = [row(d, s) if s else {"dataset": d, "error": err} for d, s, err in summaries(args, out_root)]
     Console().print(table(rows, args.profile))
-    result = {
-        "benchmark": "quality",
-        "profile": args.profile,
-        "overrides": args.set or [],
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rows": rows,
-    }
-    path = out_root / "quality.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_json(
+        out_root / "quality.json",
+        {"benchmark": "quality", "profile": args.profile, "overrides": args.set or [], "rows": rows},
+    )
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -67,7 +67,6 @@ def test_smoke_run_on_real_breastmnist(tmp_path: Path) -> None:
     assert summary["dataset"]["md5"] == "750601b1f35ba3300ea97c75c52ff8f6"
     assert summary["dataset"]["n_train"] == 546
     assert summary["profile"] == "smoke"
-    assert summary["total_wall_s"] < 300
 
     # running again into the same folder keeps the first run's summary and resumes the finished generator
     again = kr("run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))

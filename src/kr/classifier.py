@@ -120,14 +120,14 @@ def _score(metrics: dict) -> tuple[float, float]:
 def fit(
     model: SmallResNet,
     epoch_data: EpochData,
-    val: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
     cfg: ClassifierConfig,
     seed: int,
     name: str,
     temperature: float = 1.0,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train, keep the weights of the best epoch on real val, load them back. Returns the training history.
+    """Train; with `val`, keep the weights of the best epoch on it (else the last). Returns the training history.
 
     `epoch_data(e)` gives (uint8 images, targets); int targets are hard labels, float (N, K) rows soft labels.
     """
@@ -148,27 +148,26 @@ def fit(
         for epoch in range(epochs):
             x_np, y_np = first if epoch == 0 else epoch_data(epoch)
             loss_sum, seen = _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps_per_epoch, dev)
-            val_metrics = classification_metrics(predict_logits(model, val[0], bf16=cfg.bf16), val[1])
-            record = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1),
-                "val_accuracy": val_metrics["accuracy"],
-                "val_auc": val_metrics["auc"],
-            }
+            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1)}
             history.append(record)
+            if val is not None:
+                val_metrics = classification_metrics(predict_logits(model, val[0], bf16=cfg.bf16), val[1])
+                record.update(val_accuracy=val_metrics["accuracy"], val_auc=val_metrics["auc"])
+                if best is None or _score(val_metrics) > _score(best):
+                    best, best_state = val_metrics, copy.deepcopy(model.state_dict())
+                    record["best"] = True
+                progress.note(
+                    f"loss {record['train_loss']:.3f} val acc {val_metrics['accuracy']:.3f} "
+                    f"(best {best['accuracy']:.3f})"
+                )
             if on_epoch:
                 on_epoch(epoch, record)
-            if best is None or _score(val_metrics) > _score(best):
-                best, best_state = val_metrics, copy.deepcopy(model.state_dict())
-                record["best"] = True
             progress.advance()
-            progress.note(
-                f"loss {record['train_loss']:.3f} val acc {val_metrics['accuracy']:.3f} (best {best['accuracy']:.3f})"
-            )
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return {
         "history": history,
-        "best_epoch": max(i for i, h in enumerate(history) if h.get("best")),
+        "best_epoch": max((i for i, h in enumerate(history) if h.get("best")), default=len(history) - 1),
         "val": best,
         "train_s": time.perf_counter() - t0,
     }

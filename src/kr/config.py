@@ -124,6 +124,47 @@ class NaiveConfig(Strict):
     epochs: int = Field(20, ge=1)
 
 
+ATTACKS = ("loss", "shadow", "lira_offline", "lira_online", "rmia")
+
+
+class PrivacyConfig(Strict):
+    """Membership inference against teacher and student, and the generator's memorisation check."""
+
+    enabled: bool = True
+    attacks: list[Literal["loss", "shadow", "lira_offline", "lira_online", "rmia"]] = Field(
+        default_factory=lambda: list(ATTACKS)
+    )
+    reference_models: int = Field(8, ge=2, description="K models of the teacher's recipe, each on a random half")
+    max_candidates: int | None = Field(
+        None, ge=10, description="members (and as many non-members) audited; None: as many as there are held-out"
+    )
+    reference: ClassifierConfig | None = Field(None, description="None: the teacher's architecture and recipe")
+    memorization_samples: int = Field(1000, ge=10)
+    near_copy_quantile: float = Field(0.01, gt=0, lt=0.5)
+
+
+class AccuracyGate(Strict):
+    min_student_accuracy: float = Field(0.0, ge=0, le=1, description="student test accuracy floor")
+    max_gap_pp: float = Field(5.0, ge=0, description="teacher minus student test accuracy, in points")
+    min_above_majority_pp: float = Field(0.0, description="student accuracy above the majority-class rate")
+
+
+class PrivacyGate(Strict):
+    max_auc: float = Field(0.6, ge=0.5, le=1, description="strongest attack's ROC AUC on the student")
+    max_tpr_at_1pct_fpr: float = Field(0.05, ge=0, le=1, description="highest TPR at 1% FPR on the student")
+    max_near_copy_fraction: float = Field(0.05, ge=0, le=1, description="generator near copies of train images")
+
+
+class ChampionGate(Strict):
+    tolerance_pp: float = Field(1.0, ge=0, description="how much worse than the current champion is allowed")
+
+
+class GatesConfig(Strict):
+    accuracy: AccuracyGate = Field(default_factory=AccuracyGate)
+    privacy: PrivacyGate = Field(default_factory=PrivacyGate)
+    champion: ChampionGate = Field(default_factory=ChampionGate)
+
+
 class RunConfig(Strict):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -133,6 +174,8 @@ class RunConfig(Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     gkd: GKDConfig = Field(default_factory=GKDConfig)
     naive: NaiveConfig = Field(default_factory=NaiveConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -79,6 +79,38 @@ def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def roc_plot(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> Path:
+    """Log-log ROC of every attack (colour) on every model (line style); the diagonal is a guessing attacker."""
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    attacks = sorted({a for per_model in curves.values() for a in per_model})
+    colours = dict(zip(attacks, plt.cm.tab10.colors, strict=False))
+    for m, (model, per_attack) in enumerate(curves.items()):
+        for attack, (fpr, tpr) in per_attack.items():
+            ax.plot(
+                np.maximum(fpr, 1e-4),
+                np.maximum(tpr, 1e-4),
+                styles[m % len(styles)],
+                color=colours[attack],
+                label=f"{model}: {attack}",
+                linewidth=1.3,
+            )
+    grid = np.logspace(-4, 0, 50)
+    ax.plot(grid, grid, color="grey", linewidth=0.8, label="chance")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=(1e-3, 1),
+        ylim=(1e-3, 1),
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="membership inference ROC (log-log)",
+    )
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _short(name: str, n: int = 28) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 

@@ -13,6 +13,66 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
+def _privacy_lines(privacy: dict | None) -> list[str]:
+    if not privacy:
+        return ["## Privacy", "", "The privacy audit was not run (privacy.enabled = false).", ""]
+    lines = [
+        "## Privacy (membership inference)",
+        "",
+        f"{privacy['n_members']} members (real training images) against {privacy['n_nonmembers']} non-members "
+        f"(real held-out images); {privacy['reference_models']} reference models. Threat model: "
+        f"{privacy['threat_model']}.",
+        "",
+        "| model | attack | AUC (95% CI) | balanced acc. | TPR @ 1% FPR | TPR @ 0.1% FPR |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for model in ("teacher", "student"):
+        for name, a in privacy[model]["attacks"].items():
+            lo, hi = a["auc_ci"]
+            lines.append(
+                f"| {model} | {name} | {a['auc']:.3f} ({lo:.3f}-{hi:.3f}) | {a['balanced_accuracy']:.3f} | "
+                f"{_pct(a['tpr_at_1pct_fpr'])} | {_pct(a['tpr_at_01pct_fpr'])} |"
+            )
+    m = privacy["memorization"]
+    lines += [
+        "",
+        f"Strongest attack: teacher {privacy['teacher']['strongest']['attack']} "
+        f"(AUC {privacy['teacher']['strongest']['auc']:.3f}), student {privacy['student']['strongest']['attack']} "
+        f"(AUC {privacy['student']['strongest']['auc']:.3f}). AOP: teacher {privacy['teacher']['aop']:.3f}, "
+        f"student {privacy['student']['aop']:.3f}.",
+        "",
+        f"Generator memorisation: {_pct(m['near_copy_fraction'])} near copies; median distance ratio "
+        f"(closest train / closest held-out) {m['dcr_ratio_median']:.3f}.",
+        "",
+        "![MIA ROC](steps/privacy/mia_roc.png)",
+        "",
+    ]
+    return lines
+
+
+def _gate_lines(gates: dict | None) -> list[str]:
+    if not gates:
+        return []
+    lines = [
+        "## Gates",
+        "",
+        f"Overall: **{'PASSED' if gates['passed'] else 'FAILED'}**",
+        "",
+        "| gate | check | value | threshold | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, gate in gates.items():
+        if not isinstance(gate, dict):
+            continue
+        for c in gate.get("checks", []):
+            value = "missing" if c["value"] is None else f"{c['value']:.4g}"
+            lines.append(
+                f"| {name} | {c['check']} | {value} | {c['op']} {c['threshold']:g} | "
+                f"{'pass' if c['passed'] else '**fail**'} |"
+            )
+    return [*lines, ""]
+
+
 def write_report(summary: dict, path: Path) -> Path:
     d, t, s, n = summary["dataset"], summary["teacher"], summary["student"], summary.get("naive")
     g = summary["generator"]
@@ -58,6 +118,8 @@ def write_report(summary: dict, path: Path) -> Path:
         "",
         "![samples](samples.png)",
         "",
+        *_privacy_lines(summary.get("privacy")),
+        *_gate_lines(summary.get("gates")),
         "## Time per step",
         "",
         "| step | seconds |",

@@ -28,8 +28,10 @@ import kr
 from kr import plots
 from kr.config import RunConfig
 from kr.data import Dataset, load_dataset
+from kr.gates import accuracy_gate, privacy_gate
 from kr.generator import train_generator
 from kr.metrics import majority_rate
+from kr.privacy import audit_privacy
 from kr.progress import console
 from kr.regenerate import pool_size, regenerate_shard, shard_sizes
 from kr.report import write_report
@@ -134,6 +136,24 @@ def run_pipeline(cfg: RunConfig, out: Path, profile: str) -> dict:
         else None
     )
 
+    privacy = (
+        timer.run(
+            "audit_privacy",
+            lambda: audit_privacy(
+                data,
+                {"teacher": Path(teacher["path"]), "student": Path(student["path"])},
+                {"teacher": teacher["test"]["accuracy"], "student": student["test"]["accuracy"]},
+                pool_paths,
+                cfg.privacy,
+                cfg.teacher,
+                steps / "privacy",
+                cfg.seed,
+            ),
+        )
+        if cfg.privacy.enabled
+        else None
+    )
+
     samples_png = _sample_grid(data, pool_paths[0], out / "samples.png", info.class_names)
     plots.selection_heatmap(selection["selection"], selection, out / "selection.png")
 
@@ -191,20 +211,34 @@ def run_pipeline(cfg: RunConfig, out: Path, profile: str) -> dict:
             "best_epoch": student["best_epoch"],
         },
         "cas_gap_pp": round(100 * (student["test"]["accuracy"] - teacher["test"]["accuracy"]), 2),
+        "privacy": privacy,
         "artifacts": {
             "teacher": teacher["path"],
             "student": student["path"],
             "samples": str(samples_png),
             "selection_plot": str(out / "selection.png"),
             "report": str(out / "report.md"),
+            "mia_roc": privacy["roc_plot"] if privacy else None,
         },
         "timings_s": timer.timings,
         "total_wall_s": round(time.perf_counter() - t_start, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    summary["gates"] = evaluate_gates(summary, cfg)
     write_summary(out, summary)
     write_report(summary, out / "report.md")
     return summary
+
+
+def evaluate_gates(summary: dict, cfg: RunConfig) -> dict:
+    gates = {
+        # the data gate is load_dataset's checks: a run that got here passed them
+        "data": {"passed": True, "md5": summary["dataset"]["md5"], "source": summary["dataset"]["source"]},
+        "accuracy": accuracy_gate(summary, cfg.gates.accuracy),
+        "privacy": privacy_gate(summary.get("privacy"), cfg.gates.privacy),
+    }
+    gates["passed"] = all(g["passed"] for g in gates.values())
+    return gates
 
 
 def _sample_grid(data: Dataset, shard: Path, path: Path, class_names: tuple[str, ...]) -> Path:

@@ -1,0 +1,86 @@
+"""Gates: explicit verdicts with reasons. A missing or non-numeric metric fails its gate (fail closed)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kr.config import AccuracyGate, PrivacyGate
+
+
+def _dig(tree: dict | None, path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check(checks: list[dict], name: str, value: Any, op: str, threshold: float) -> None:
+    ok_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok_number:
+        checks.append(
+            {
+                "check": name,
+                "value": None,
+                "threshold": threshold,
+                "op": op,
+                "passed": False,
+                "reason": f"{name} is missing: no verdict without a value",
+            }
+        )
+        return
+    passed = value <= threshold if op == "<=" else value >= threshold
+    checks.append(
+        {
+            "check": name,
+            "value": value,
+            "threshold": threshold,
+            "op": op,
+            "passed": passed,
+            "reason": f"{name} = {value:.4g} {'meets' if passed else 'violates'} {op} {threshold:g}",
+        }
+    )
+
+
+def _verdict(checks: list[dict]) -> dict:
+    return {
+        "passed": bool(checks) and all(c["passed"] for c in checks),
+        "checks": checks,
+        "reasons": [c["reason"] for c in checks if not c["passed"]],
+    }
+
+
+def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict:
+    """The strongest attack on the student and the generator's near copies, against the configured ceilings."""
+    checks: list[dict] = []
+    _check(checks, "student strongest attack AUC", _dig(privacy, "student.strongest.auc"), "<=", cfg.max_auc)
+    _check(
+        checks,
+        "student TPR at 1% FPR",
+        _dig(privacy, "student.strongest.tpr_at_1pct_fpr"),
+        "<=",
+        cfg.max_tpr_at_1pct_fpr,
+    )
+    _check(
+        checks,
+        "generator near-copy fraction",
+        _dig(privacy, "memorization.near_copy_fraction"),
+        "<=",
+        cfg.max_near_copy_fraction,
+    )
+    return _verdict(checks)
+
+
+def accuracy_gate(summary: dict, cfg: AccuracyGate) -> dict:
+    checks: list[dict] = []
+    student = _dig(summary, "student.test.accuracy")
+    teacher = _dig(summary, "teacher.test.accuracy")
+    majority = _dig(summary, "dataset.majority_rate_test")
+    _check(checks, "student test accuracy", student, ">=", cfg.min_student_accuracy)
+    gap = 100 * (teacher - student) if isinstance(student, float) and isinstance(teacher, float) else None
+    _check(checks, "teacher minus student (pp)", gap, "<=", cfg.max_gap_pp)
+    above = 100 * (student - majority) if isinstance(student, float) and isinstance(majority, float) else None
+    _check(checks, "student above majority rate (pp)", above, ">=", cfg.min_above_majority_pp)
+    return _verdict(checks)
