@@ -247,7 +247,11 @@ def sampling_scheduler(gen_dir: Path, cfg: SamplerConfig):
     train_cfg = DDPMScheduler.from_pretrained(Path(gen_dir) / "scheduler").config
     if cfg.scheduler == "ddim":
         return DDIMScheduler.from_config(train_cfg)
-    return DPMSolverMultistepScheduler.from_config(train_cfg, algorithm_type="dpmsolver++", solver_order=2)
+    # lambda_min_clipped keeps DPM-Solver stable at the noisy end of the cosine schedule, where it otherwise
+    # returns pure noise for some samples
+    return DPMSolverMultistepScheduler.from_config(
+        train_cfg, algorithm_type="dpmsolver++", solver_order=2, lambda_min_clipped=-5.1
+    )
 
 
 def balanced_labels(n: int, n_classes: int, offset: int = 0) -> np.ndarray:
