@@ -52,7 +52,17 @@ def check_summary(out: Path, n_classes: int) -> dict:
     # the pool is class-balanced: every class gets the same count (+-1 per shard)
     counts = [sum(s["class_counts"][c] for s in summary["regeneration"]["shards"]) for c in range(n_classes)]
     assert max(counts) - min(counts) <= len(summary["regeneration"]["shards"])
-    for name in ("report.md", "samples.png", "selection.png", "steps/student/student.pt", "steps/teacher/teacher.pt"):
+    privacy = summary["privacy"]
+    for model in ("teacher", "student"):
+        assert set(privacy[model]["attacks"]) == set(cfg["privacy"]["attacks"])
+        top = privacy[model]["strongest"]
+        assert top["auc"] == max(a["auc"] for a in privacy[model]["attacks"].values())
+        assert 0.0 <= top["tpr_at_1pct_fpr"] <= 1.0
+    assert {"near_copy_fraction", "dcr_ratio_median"} <= privacy["memorization"].keys()
+    gates = summary["gates"]
+    assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy"))
+    for name in ("report.md", "samples.png", "selection.png", "steps/student/student.pt", "steps/teacher/teacher.pt",
+                 "steps/privacy/mia_roc.png"):
         assert (out / name).is_file(), name
     return summary
 

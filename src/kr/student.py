@@ -20,7 +20,7 @@ def pool_slices(n: int, slices: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[i * size : (i + 1) * size]) for i in range(slices)]
 
 
-def _score(model, data: Dataset) -> dict:
+def _evaluate(model, data: Dataset) -> dict:
     return {
         "val": classification_metrics(predict_logits(model, data.x_val), data.y_val),
         "test": classification_metrics(predict_logits(model, data.x_test), data.y_test),
@@ -54,7 +54,7 @@ def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir
         "best_epoch": history["best_epoch"],
         "history": history["history"],
         "train_s": history["train_s"],
-        **_score(model, data),
+        **_evaluate(model, data),
     }
 
 
@@ -70,5 +70,5 @@ def train_naive(data: Dataset, pool_paths: list[Path], gkd: GKDConfig, cfg: Naiv
         "images": int(len(x)),
         "best_epoch": history["best_epoch"],
         "train_s": history["train_s"],
-        **_score(model, data),
+        **_evaluate(model, data),
     }
