@@ -151,7 +151,7 @@ class AccuracyGate(Strict):
 
 class PrivacyGate(Strict):
     max_auc: float = Field(0.6, ge=0.5, le=1, description="strongest attack's ROC AUC on the student")
-    max_tpr_at_1pct_fpr: float = Field(0.1, ge=0, le=1, description="highest TPR at 1% FPR of any attack on the student")
+    max_tpr_at_1pct_fpr: float = Field(0.1, ge=0, le=1, description="top TPR at 1% FPR of any attack on the student")
     max_near_copy_fraction: float = Field(0.05, ge=0, le=1, description="generator near copies of train images")
 
 
