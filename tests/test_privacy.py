@@ -117,8 +117,10 @@ def test_attacks_find_leakage_that_is_there_and_none_that_is_not(attack: str) ->
 
 def test_reference_models_make_lira_stronger_than_the_loss_attack() -> None:
     target, labels, ref, ref_in, member = _simulated_leak(800, 16, 0.6)
-    assert (attack_metrics(lira(target, labels, ref, ref_in, online=True), member)["auc"]
-            > attack_metrics(loss_attack(target, labels), member)["auc"] + 0.05)
+    assert (
+        attack_metrics(lira(target, labels, ref, ref_in, online=True), member)["auc"]
+        > attack_metrics(loss_attack(target, labels), member)["auc"] + 0.05
+    )
 
 
 @needs_real
@@ -132,8 +134,9 @@ def test_loss_attack_on_real_overfit_and_unseen_classifiers() -> None:
     x = np.concatenate([data.x_train[members], data.x_test[nonmembers]])
     y = np.concatenate([data.y_train[members], data.y_test[nonmembers]])
     is_member = np.r_[np.ones(120, bool), np.zeros(120, bool)]
-    cfg = ClassifierConfig(width=16, blocks_per_stage=1, epochs=40, batch_size=32, augment=False, dropout=0.0,
-                           weight_decay=0.0, bf16=False)
+    cfg = ClassifierConfig(
+        width=16, blocks_per_stage=1, epochs=40, batch_size=32, augment=False, dropout=0.0, weight_decay=0.0, bf16=False
+    )
 
     overfit = build_classifier(cfg, 1, 2, seed=0)
     fit(overfit, lambda _e: (data.x_train[members], data.y_train[members]), (data.x_val, data.y_val), cfg, 0, "overfit")

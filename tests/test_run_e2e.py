@@ -61,8 +61,14 @@ def check_summary(out: Path, n_classes: int) -> dict:
     assert {"near_copy_fraction", "dcr_ratio_median"} <= privacy["memorization"].keys()
     gates = summary["gates"]
     assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy"))
-    for name in ("report.md", "samples.png", "selection.png", "steps/student/student.pt", "steps/teacher/teacher.pt",
-                 "steps/privacy/mia_roc.png"):
+    for name in (
+        "report.md",
+        "samples.png",
+        "selection.png",
+        "steps/student/student.pt",
+        "steps/teacher/teacher.pt",
+        "steps/privacy/mia_roc.png",
+    ):
         assert (out / name).is_file(), name
     return summary
 
@@ -82,6 +88,7 @@ def test_smoke_run_on_real_breastmnist(tmp_path: Path) -> None:
     again = kr("run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(list((out / "history").glob("*/summary.json"))) == 1
+    assert len(list((out / "history").glob("*/steps/student/student.pt"))) == 1
     second = json.loads((out / "summary.json").read_text())
     assert second["generator"]["training"]["resumed_from"] == summary["config"]["generator"]["train_steps"]
     assert second["teacher"]["test"] == summary["teacher"]["test"]  # seeded: the same teacher again
@@ -98,14 +105,17 @@ def test_smoke_run_on_generated_rgb_five_classes(tmp_path: Path) -> None:
     assert summary["dataset"]["source"] == "file"
 
 
-def test_missing_data_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
+def test_missing_data_fails_clearly_and_leaves_a_failed_summary(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app, ["run", "--profile", "smoke", "--data-root", str(tmp_path / "empty"), "--out", str(out)]
     )
     assert result.exit_code == 2
     assert "breastmnist.npz" in result.output and "not found" in result.output
-    assert not (out / "summary.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "validate_data" in summary["error"]
+    assert summary["gates"]["passed"] is False
+    assert summary["teacher"] is None and not (out / "steps" / "teacher").exists()
 
 
 def test_bad_override_fails_before_any_work(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ import yaml
 from kr.config import PROFILES, ConfigError, RunConfig, resolve_config
 from kr.progress import console
 
+RUNNERS = ("local", "kfp.local")
+
 app = typer.Typer(
     help="Knowledge Recycling: train a classifier that never sees a real image, and gate it on privacy.",
     no_args_is_help=True,
@@ -69,20 +71,37 @@ def run(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     download: Annotated[bool, typer.Option(help="download the MedMNIST file if it is missing")] = False,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="local: every step in this process; kfp.local: the KFP DAG with kfp.local's SubprocessRunner"
+        ),
+    ] = "local",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole Knowledge Recycling pipeline and write summary.json, a report and plots to the run folder."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     from kr.data import DataError
     from kr.generator import GeneratorError
-    from kr.run import run_pipeline
 
+    if runner not in RUNNERS:
+        raise _fail(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
     try:
         cfg = _resolve(dataset, profile, data_root, config, overrides, download)
         if out is None:
             name = Path(dataset).stem if dataset.endswith(".npz") else dataset
             out = Path("runs") / f"{name}-{profile}-{datetime.now():%Y%m%d-%H%M%S}"
-        summary = run_pipeline(cfg, out, profile)
+        if runner == "kfp.local":
+            from kr.pipeline.local import PipelineFailed, run_local
+
+            try:
+                summary = run_local(cfg, out, profile)
+            except PipelineFailed as exc:
+                raise _fail(str(exc), code=1) from None
+        else:
+            from kr.run import run_pipeline
+
+            summary = run_pipeline(cfg, out, profile)
     except (ConfigError, DataError, GeneratorError) as exc:
         raise _fail(str(exc)) from None
     console.print(
@@ -90,6 +109,17 @@ def run(
         f"{summary['teacher']['test']['accuracy']:.3f}, student {summary['student']['test']['accuracy']:.3f} "
         f"(gap {summary['cas_gap_pp']:+.2f} pp)\nsummary: {out / 'summary.json'}\nreport:  {out / 'report.md'}"
     )
+
+
+@app.command("compile")
+def compile_cmd(
+    out: Annotated[Path, typer.Option(help="where to write the pipeline (KFP IR YAML)")],
+    image: Annotated[str, typer.Option(help="component image, e.g. registry.example.org/kr:0.1.0-abc1234")],
+) -> None:
+    """Compile the pipeline for Kubeflow Pipelines with every component running in IMAGE."""
+    from kr.pipeline.compile import compile_pipeline
+
+    console.print(f"wrote {compile_pipeline(out, image)}")
 
 
 @app.command("config")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 import zlib
@@ -268,3 +269,30 @@ def load_dataset(dataset: str, data_root: str | Path | None = None, download: bo
         n_test=len(labels["test"]),
     )
     return Dataset(info, images("train"), labels["train"], images("val"), labels["val"], images("test"), labels["test"])
+
+
+def save_dataset(data: Dataset, folder: str | Path) -> Path:
+    """Write a validated dataset as a pipeline artifact: arrays.npz (channels-first) and info.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "arrays.npz", "wb") as f:
+        np.savez(
+            f,
+            **{
+                f"{kind}_{split}": arr
+                for split in SPLITS
+                for kind, arr in zip(("x", "y"), data.split(split), strict=True)
+            },
+        )
+    (folder / "info.json").write_text(json.dumps(data.info.to_dict(), indent=2))
+    return folder
+
+
+def load_saved_dataset(folder: str | Path) -> Dataset:
+    """Read what save_dataset wrote (already validated: no checks repeated)."""
+    folder = Path(folder)
+    values = json.loads((folder / "info.json").read_text())
+    values["class_names"] = tuple(values["class_names"])
+    with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return Dataset(DatasetInfo(**values), *(arrays[f"{kind}_{split}"] for split in SPLITS for kind in ("x", "y")))

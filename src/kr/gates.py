@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kr.config import AccuracyGate, PrivacyGate
+from kr.config import AccuracyGate, PrivacyGate, RunConfig
 
 
 def _dig(tree: dict | None, path: str) -> Any:
@@ -84,3 +84,15 @@ def accuracy_gate(summary: dict, cfg: AccuracyGate) -> dict:
     above = 100 * (student - majority) if isinstance(student, float) and isinstance(majority, float) else None
     _check(checks, "student above majority rate (pp)", above, ">=", cfg.min_above_majority_pp)
     return _verdict(checks)
+
+
+def evaluate_gates(summary: dict, cfg: RunConfig) -> dict:
+    """Every gate's verdict and the overall one. The data gate is the loader's checks: reaching here passed them."""
+    dataset = summary.get("dataset") or {}
+    gates = {
+        "data": {"passed": "md5" in dataset, "md5": dataset.get("md5"), "source": dataset.get("source")},
+        "accuracy": accuracy_gate(summary, cfg.gates.accuracy),
+        "privacy": privacy_gate(summary.get("privacy"), cfg.gates.privacy),
+    }
+    gates["passed"] = all(g["passed"] for g in gates.values())
+    return gates

@@ -61,6 +61,8 @@ def regenerate_shard(
     return {
         "path": str(out_path),
         "shard": shard,
+        "checkpoint": checkpoint,
+        "guidance_scale": guidance_scale,
         "n": int(len(images)),
         "class_counts": np.bincount(labels, minlength=n_classes).tolist(),
         "teacher_agreement": float((logits.argmax(1) == labels).mean()),
