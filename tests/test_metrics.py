@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from kr.classifier import augment, soft_cross_entropy
 from kr.metrics import classification_metrics, majority_rate, softmax
 from kr.regenerate import pool_size, shard_sizes
+from kr.selection import choose
 from kr.student import pool_slices
 
 
@@ -63,3 +64,20 @@ def test_pool_and_shard_arithmetic() -> None:
     flat = np.concatenate(slices)
     assert len(slices) == 4 and all(len(s) == 25 for s in slices)
     assert len(np.unique(flat)) == 100  # disjoint: each epoch sees images no other epoch saw
+
+
+def test_selection_prefers_best_cas_then_cheaper_guidance_then_later_checkpoint() -> None:
+    cell = lambda step, w, cas, agree=0.5: {
+        "step": step,
+        "guidance_scale": w,
+        "val_cas": cas,  # noqa: E731
+        "teacher_agreement": agree,
+    }
+    grid = [
+        cell(500, 1.0, 0.80),
+        cell(1000, 2.0, 0.876, agree=0.88),
+        cell(1000, 1.0, 0.876, agree=0.82),
+        cell(500, 1.0, 0.876),
+    ]
+    assert choose(grid) == cell(1000, 1.0, 0.876, agree=0.82)
+    assert choose([cell(500, 1.0, 0.7), cell(500, 3.0, 0.9)])["guidance_scale"] == 3.0

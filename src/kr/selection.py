@@ -26,6 +26,12 @@ from kr.metrics import classification_metrics
 from kr.runtime import derive_seed
 
 
+def choose(grid: list[dict]) -> dict:
+    """The cell with the best validation CAS. Ties go to the smaller scale (guidance doubles the sampling cost of the
+    whole GKD pool, and unguided samples are more diverse), then to the later checkpoint."""
+    return max(grid, key=lambda g: (g["val_cas"], -g["guidance_scale"], g["step"], g["teacher_agreement"]))
+
+
 def select_generator(
     data: Dataset,
     gen_dir: Path,
@@ -70,8 +76,7 @@ def select_generator(
                 }
             )
             previews[(ckpt.name, scale)] = images
-    # ties go to the later checkpoint and the smaller scale (guidance doubles the sampling cost)
-    best = max(grid, key=lambda g: (g["val_cas"], g["teacher_agreement"], g["step"], -g["guidance_scale"]))
+    best = choose(grid)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import kr
 from kr import plots
 from kr.config import RunConfig
 from kr.data import load_saved_dataset
-from kr.records import read_records, write_json
+from kr.records import peak_rss_mb, read_records, write_json
 from kr.report import write_report
 
 SUMMARY_SCHEMA = "kr.summary/1"
@@ -167,7 +166,8 @@ def build_summary(
             "report": str(Path(run_dir) / "report.md"),
         },
         "timings_s": _timings(records),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # per step, the peak of the process that ran it (one process in-process, one per task with KFP)
+        "peak_rss_mb": max([r.get("peak_rss_mb", 0.0) for r in records.values()] + [peak_rss_mb()]),
     }
 
 
