@@ -139,6 +139,11 @@ class PrivacyConfig(Strict):
         None, ge=10, description="members (and as many non-members) audited; None: as many as there are held-out"
     )
     reference: ClassifierConfig | None = Field(None, description="None: the teacher's architecture and recipe")
+    nonmember_splits: list[Literal["val", "test"]] = Field(
+        default_factory=lambda: ["val", "test"],
+        description="where non-members come from; they must share the members' distribution. PneumoniaMNIST's test "
+        "split comes from another source than its train split: use [val] there",
+    )
     memorization_samples: int = Field(1000, ge=10)
     near_copy_quantile: float = Field(0.01, gt=0, lt=0.5)
 

@@ -23,11 +23,13 @@ from kr.regenerate import load_pool
 from kr.runtime import derive_seed
 
 
-def audit_candidates(data: Dataset, max_candidates: int | None, seed: int) -> tuple[np.ndarray, ...]:
+def audit_candidates(
+    data: Dataset, max_candidates: int | None, seed: int, nonmember_splits: tuple[str, ...] = ("val", "test")
+) -> tuple[np.ndarray, ...]:
     """(images, labels, is_member, source index) with equal numbers of members and non-members.
-    Source index: the position in the train split for members, in val+test for non-members."""
-    held_x = np.concatenate([data.x_val, data.x_test])
-    held_y = np.concatenate([data.y_val, data.y_test])
+    Source index: the position in the train split for members, in the concatenated non-member splits otherwise."""
+    held_x = np.concatenate([data.split(s)[0] for s in nonmember_splits])
+    held_y = np.concatenate([data.split(s)[1] for s in nonmember_splits])
     n = min(len(data.x_train), len(held_x), max_candidates or len(held_x))
     rng = np.random.default_rng(derive_seed(seed, "audit-candidates"))
     mem = np.sort(rng.choice(len(data.x_train), n, replace=False))
@@ -107,7 +109,7 @@ def audit_privacy(
     """Attack every model in `models` (name -> weights, e.g. teacher and student) and check memorisation."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    x, y, is_member, source = audit_candidates(data, cfg.max_candidates, seed)
+    x, y, is_member, source = audit_candidates(data, cfg.max_candidates, seed, tuple(cfg.nonmember_splits))
     ref_in = mia.half_splits(len(x), cfg.reference_models, derive_seed(seed, "reference-splits"))
     ref_cfg = cfg.reference or teacher_cfg
     ref_logits = train_reference_models(x, y, ref_in, ref_cfg, data.info.channels, data.info.n_classes, seed)

@@ -7,6 +7,7 @@ or the pipeline's exit handler) and even when a step failed part-way: what ran i
 from __future__ import annotations
 
 import json
+import resource
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -43,12 +44,18 @@ def write_json(path: Path, payload: Any) -> Path:
     return path
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def record_step(run_dir: Path, step: str, result: dict, seconds: float) -> Path:
     return write_json(
         Path(run_dir) / "records" / f"{step}.json",
         {
             "step": step,
             "seconds": round(seconds, 2),
+            "peak_rss_mb": peak_rss_mb(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "result": result,
         },
