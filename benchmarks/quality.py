@@ -16,15 +16,9 @@ from common import parser, stamp, summaries, write_json
 from rich.console import Console
 from rich.table import Table
 
-STEPS = (
-    "train_teacher",
-    "train_generator",
-    "select_generator",
-    "regenerate",
-    "train_student",
-    "train_naive",
-    "audit_privacy",
-)
+from kr.summary import STEP_ORDER
+
+STEPS = tuple(s for s in STEP_ORDER if s not in ("validate_data", "evaluate_gates"))
 
 
 def row(dataset: str, s: dict) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +70,10 @@ def write_npz(path: str | Path, **overrides) -> Path:
     with open(path, "wb") as f:  # a file object stops np.savez from appending '.npz'
         np.savez(f, **arrays)
     return path
+
+
+def kr(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real `kr` command in its own process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "kr.cli", *args], capture_output=True, text=True, check=False, timeout=timeout
+    )

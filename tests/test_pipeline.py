@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from datagen import REAL_ROOT, needs_real
+from datagen import REAL_ROOT, kr, needs_real
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
@@ -104,12 +102,7 @@ def test_caching_and_retries(compiled) -> None:
 
 def test_compile_command_writes_the_image(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.yaml"
-    result = subprocess.run(
-        [sys.executable, "-m", "kr.cli", "compile", "--out", str(out), "--image", IMAGE],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = kr("compile", "--out", str(out), "--image", IMAGE)
     assert result.returncode == 0, result.stderr
     assert IMAGE in out.read_text()
 
@@ -118,26 +111,7 @@ def test_compile_command_writes_the_image(tmp_path: Path) -> None:
 @needs_real
 def test_smoke_pipeline_on_kfp_local(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kr.cli",
-            "run",
-            "--runner",
-            "kfp.local",
-            "--profile",
-            "smoke",
-            "--data-root",
-            str(REAL_ROOT),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
+    result = kr("run", "--runner", "kfp.local", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runner"] == "kfp.local" and summary["status"] == "succeeded"
@@ -149,24 +123,16 @@ def test_smoke_pipeline_on_kfp_local(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_kfp_local_bad_data_stops_at_validation(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kr.cli",
-            "run",
-            "--runner",
-            "kfp.local",
-            "--profile",
-            "smoke",
-            "--data-root",
-            str(tmp_path / "empty"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = kr(
+        "run",
+        "--runner",
+        "kfp.local",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(tmp_path / "empty"),
+        "--out",
+        str(out),
         timeout=600,
     )
     assert result.returncode != 0

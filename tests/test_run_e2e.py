@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from datagen import REAL_ROOT, needs_real, write_npz
+from datagen import REAL_ROOT, kr, needs_real, write_npz
 from typer.testing import CliRunner
 
 from kr.cli import app
@@ -27,10 +25,6 @@ SUMMARY_KEYS = {
     "timings_s",
     "total_wall_s",
 }
-
-
-def kr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kr.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 def check_summary(out: Path, n_classes: int) -> dict:
