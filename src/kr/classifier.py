@@ -7,7 +7,6 @@ and the data of each epoch comes from a callable, so the student can see a fresh
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -215,7 +214,3 @@ def load_classifier(path: Path) -> SmallResNet:
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model.to(device())
-
-
-def describe(model: nn.Module) -> str:
-    return json.dumps({"params": sum(p.numel() for p in model.parameters()), **getattr(model, "arch", {})})

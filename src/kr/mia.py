@@ -153,8 +153,8 @@ def lira(
 ) -> np.ndarray:
     """LiRA (Carlini et al. 2022). Online: likelihood ratio of the target's phi under the IN and OUT Gaussians.
     Offline: how far the target's phi sits above the OUT Gaussian (one-sided), needing no IN models."""
-    phi = np.clip(true_class_logit_margin(target_logits, labels), -30, 30)
-    phi_ref = np.stack([np.clip(true_class_logit_margin(r, labels), -30, 30) for r in ref_logits])
+    phi = true_class_margin_clip(target_logits, labels)
+    phi_ref = np.stack([true_class_margin_clip(r, labels) for r in ref_logits])
     mu_out, sd_out = _gaussian_stats(phi_ref, ~ref_in, min_count)
     if not online:
         return stats.norm.logcdf(phi, mu_out, sd_out)
