@@ -12,9 +12,10 @@ import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -170,6 +171,59 @@ class GatesConfig(Strict):
     champion: ChampionGate = Field(default_factory=ChampionGate)
 
 
+class ValidationConfig(Strict):
+    """Thresholds of the Great Expectations suites over the real splits and every synthetic shard."""
+
+    min_images_per_class: int = Field(10, ge=1, description="training images every class needs")
+    min_eval_images_per_class: int = Field(
+        1, ge=1, description="images every class needs in val and in test (selection and evaluation score each class)"
+    )
+    max_shared_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="share of val+test images allowed to be byte-identical to a training image (reported as warnings)",
+    )
+    max_class_imbalance: float = Field(
+        0.0,
+        ge=0,
+        description="shards: how far (as a fraction of N/K) a class count may stray beyond exact balance",
+    )
+
+
+class TrackingConfig(Strict):
+    """Where runs are tracked and students registered. The CLI fills `uri` (flag, $MLFLOW_TRACKING_URI, else an
+    embedded SQLite store), so every pipeline task of a run agrees on one store."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; None: no tracking (library use)")
+    artifact_location: str | None = Field(None, description="experiment artifact root (embedded stores only)")
+    experiment: str = "knowledge-recycling"
+    model_name: str | None = Field(None, description="registered model; None: kr-<dataset>-student")
+
+    @field_validator("uri", "artifact_location")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # a URI's user:password would end up in params, tags and logs: credentials come from the environment only
+        if value and "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "credentials in a URI are refused; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+                "(or AWS_* for S3) in the environment instead"
+            )
+        return value
+
+
+class AuditConfig(Strict):
+    uri: str | None = Field(None, description="audit trail: a folder or s3://bucket/prefix; None: no trail")
+
+
+class RunMeta(Strict):
+    """Who runs this and where: recorded in tracking tags and the audit record, not part of the method."""
+
+    run_key: str = Field("", description="unique per pipeline run; registry and audit idempotency hang on it")
+    image: str = "local"
+    kfp_run_id: str = ""
+
+
 class RunConfig(Strict):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -180,10 +234,20 @@ class RunConfig(Strict):
     gkd: GKDConfig = Field(default_factory=GKDConfig)
     naive: NaiveConfig = Field(default_factory=NaiveConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    run: RunMeta = Field(default_factory=RunMeta)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        """The method's configuration only: where a run is tracked or who ran it does not change the model."""
+        method = self.model_dump(mode="json", exclude={"tracking", "audit", "run"})
+        return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.model_name or f"kr-{Path(self.data.dataset).stem.lower()}-student"
 
 
 def profile_values(profile: str) -> dict[str, Any]:

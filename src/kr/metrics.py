@@ -46,6 +46,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
         "auc": auc,
         "n": int(len(labels)),
         "per_class": per_class,
+        # rows: true class, columns: predicted class
+        "confusion_matrix": np.bincount(labels * n_classes + pred, minlength=n_classes**2)
+        .reshape(n_classes, n_classes)
+        .tolist(),
     }
 
 

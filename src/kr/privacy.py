@@ -91,6 +91,16 @@ def strongest(attacks: dict[str, dict]) -> dict:
     }
 
 
+def roc_points(scores: np.ndarray, is_member: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
+    """The ROC curve thinned to at most max_points, with finite thresholds (for KFP's ROC artifact and JSON)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(np.asarray(is_member, bool), np.asarray(scores, np.float64))
+    thresholds = np.where(np.isfinite(thresholds), thresholds, np.nanmax(scores) + 1.0)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).round().astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": thresholds[keep].tolist()}
+
+
 def aop(accuracy: float, auc: float) -> float:
     """Accuracy-over-privacy: accuracy x (0.5 / AUC)^2, AUC floored at chance."""
     return float(accuracy * (0.5 / max(auc, 0.5)) ** 2)
@@ -124,7 +134,7 @@ def audit_privacy(
         logits = predict_logits(load_classifier(path), x)
         scores = run_attacks(logits, y, is_member, ref_logits, ref_in, cfg.attacks, seed)
         metrics = {a: mia.attack_metrics(s, is_member) for a, s in scores.items()}
-        top = strongest(metrics)
+        top = strongest(metrics) | {"roc": roc_points(scores[strongest(metrics)["attack"]], is_member)}
         exposed = np.argsort(-scores[top["attack"]][is_member])[:10]
         result[name] = {
             "attacks": metrics,

@@ -64,6 +64,8 @@ def _gate_lines(gates: dict | None) -> list[str]:
     for name, gate in gates.items():
         if not isinstance(gate, dict):
             continue
+        if not gate.get("checks") and gate.get("reasons"):
+            lines.append(f"| {name} | not evaluated | | | {'; '.join(gate['reasons'])} |")
         for c in gate.get("checks", []):
             value = "missing" if c["value"] is None else f"{c['value']:.4g}"
             lines.append(
@@ -73,18 +75,60 @@ def _gate_lines(gates: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def write_report(summary: dict, path: Path) -> Path:
-    d, t, s, n = summary["dataset"], summary["teacher"], summary["student"], summary.get("naive")
-    g = summary["generator"]
+def gates_markdown(gates: dict) -> str:
+    """The gate verdict as its own document (a pipeline artifact)."""
+    return "\n".join(_gate_lines(gates)).replace("## Gates", "# Gates", 1) + "\n"
+
+
+def _registry_lines(summary: dict) -> list[str]:
+    reg, audit, outcome = summary.get("registry"), summary.get("audit"), summary.get("outcome")
+    lines = ["## Registry and audit trail", ""]
+    if reg:
+        alias = f"alias `{reg['alias']}`" if reg.get("alias") else "no alias (the champion is unchanged)"
+        lines.append(f"Outcome: **{outcome}**. `{reg['model_name']}` version {reg['version']}, {alias}.")
+    else:
+        lines.append(f"Outcome: **{outcome or 'not concluded'}**; no model version was registered.")
+    if audit:
+        lines += [
+            "",
+            f"Audit record `{audit['record_id']}` (sha256 `{audit['record_hash'][:16]}...`) in {audit['uri']}.",
+        ]
+    return [*lines, ""]
+
+
+def decision_markdown(result: dict) -> str:
+    """The promote / record-rejection step's artifact: what happened to the model and why."""
+    summary = {k: result.get(k) for k in ("registry", "audit", "outcome")}
+    return "\n".join(["# Decision", "", *_registry_lines(summary)[2:], *_gate_lines(result.get("gates"))]) + "\n"
+
+
+def _header(summary: dict) -> list[str]:
+    d = summary["dataset"]
     lines = [
         f"# Knowledge Recycling run: {d['name']} ({summary['profile']} profile)",
         "",
-        f"Finished {summary['finished_at']} in {summary['total_wall_s'] / 60:.1f} min; kr {summary['kr_version']}; "
-        f"runner `{summary['runner']}`; config digest `{summary['config_digest'][:12]}`.",
+        f"Status **{summary['status']}**, finished {summary['finished_at']} in {summary['total_wall_s'] / 60:.1f} "
+        f"min; kr {summary['kr_version']}; runner `{summary['runner']}`; config digest "
+        f"`{summary['config_digest'][:12]}`.",
         "",
-        f"Data: {d['n_train']} / {d['n_val']} / {d['n_test']} images (train/val/test), {d['n_classes']} classes, "
-        f"{d['channels']} channel(s), MD5 `{d['md5']}`. Majority-class rate on test: {_pct(d['majority_rate_test'])}.",
-        "",
+    ]
+    if summary.get("error"):
+        lines += [f"Error: `{summary['error']}`", ""]
+    if "n_train" in d:
+        lines += [
+            f"Data: {d['n_train']} / {d['n_val']} / {d['n_test']} images (train/val/test), {d['n_classes']} "
+            f"classes, {d['channels']} channel(s), MD5 `{d['md5']}`. Majority-class rate on test: "
+            f"{_pct(d['majority_rate_test'])}.",
+            "",
+        ]
+    return lines
+
+
+def _model_lines(summary: dict) -> list[str]:
+    t, s, n, g = summary["teacher"], summary["student"], summary.get("naive"), summary["generator"]
+    if not (t and s and g):
+        return []
+    lines = [
         "## Accuracy on the real test split",
         "",
         "| model | trained on | accuracy | ROC AUC |",
@@ -95,7 +139,8 @@ def write_report(summary: dict, path: Path) -> Path:
         lines.append(
             f"| naive CAS | one synthetic set, hard labels | {_pct(n['test']['accuracy'])} | {_num(n['test']['auc'])} |"
         )
-    lines += [
+    return [
+        *lines,
         f"| **GKD student** | regenerated images, teacher soft labels | **{_pct(s['test']['accuracy'])}** | "
         f"{_num(s['test']['auc'])} |",
         "",
@@ -118,8 +163,17 @@ def write_report(summary: dict, path: Path) -> Path:
         "",
         "![samples](samples.png)",
         "",
-        *_privacy_lines(summary.get("privacy")),
+    ]
+
+
+def write_report(summary: dict, path: Path) -> Path:
+    """Whatever the run got to: a failed run's report says where it stopped and shows what it finished."""
+    lines = [
+        *_header(summary),
+        *_model_lines(summary),
+        *(_privacy_lines(summary["privacy"]) if summary.get("privacy") else []),
         *_gate_lines(summary.get("gates")),
+        *_registry_lines(summary),
         "## Time per step",
         "",
         "| step | seconds |",

@@ -8,39 +8,79 @@ process, in a local KFP subprocess or in a pod.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kr import generator as gen
-from kr import privacy, selection, student, teacher
+from kr import privacy, promotion, selection, student, teacher, tracking
 from kr import regenerate as regen
 from kr.config import RunConfig
 from kr.data import load_dataset, load_saved_dataset, save_dataset
 from kr.gates import evaluate_gates as gate_verdicts
 from kr.metrics import majority_rate
-from kr.records import read_records, timed_step
+from kr.records import read_records, timed_step, write_json
+from kr.runtime import configure_threads, seed_everything
 from kr.summary import build_summary
 
 TEACHER_FILE, STUDENT_FILE, SELECTION_FILE = "teacher.pt", "student.pt", "selection.json"
 
 
-def validate_data(cfg: RunConfig, run_dir: Path, data_dir: Path) -> dict:
+def _tracked(
+    cfg: RunConfig,
+    run_dir: Path,
+    name: str,
+    fn: Callable[[], dict],
+    artifacts: Callable[[dict], Iterable[Path]] = lambda _r: (),
+) -> dict:
+    """Run a step and mirror it as a nested MLflow run; the nested run's id goes into the step's record."""
+    # each step may be its own process (a KFP task): threads and seeds are set here, not once per run
+    configure_threads()
+    seed_everything(cfg.seed)
+    try:
+        result = timed_step(run_dir, name, fn)
+    except Exception as exc:
+        try:
+            tracking.log_step(cfg, run_dir, name, None, 0.0, error=f"{type(exc).__name__}: {exc}")
+        except Exception as secondary:  # never let bookkeeping hide the error that matters
+            tracking.log.warning("could not track the failed step %s: %s", name, secondary)
+        raise
+    path = Path(run_dir) / "records" / f"{name}.json"
+    record = json.loads(path.read_text())
+    run_id = tracking.log_step(cfg, run_dir, name, result, record["seconds"], artifacts(result))
+    if run_id:
+        write_json(path, record | {"mlflow_run_id": run_id})
+    return result
+
+
+def validate_data(cfg: RunConfig, run_dir: Path, data_dir: Path, docs_dir: Path) -> dict:
+    """Load and check the file (MD5, layout), then the Great Expectations suite over every image: a failure stops
+    the run before any training, with the Data Docs saved for reading."""
+
     def step() -> dict:
+        from kr.validation import validate_real
+
         data = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.download)
+        tracking.log_dataset(cfg, run_dir, data)
+        report = validate_real(data, cfg.validation, Path(docs_dir))
         save_dataset(data, data_dir)
         return {
             "info": data.info.to_dict(),
             "majority_rate_test": majority_rate(data.y_test),
             "data_dir": str(data_dir),
+            "expectations": report,
         }
 
-    return timed_step(run_dir, "validate_data", step)
+    tracking.open_parent(cfg, run_dir)
+    return _tracked(cfg, run_dir, "validate_data", step, lambda _r: [Path(docs_dir)])
 
 
 def train_teacher(cfg: RunConfig, run_dir: Path, data_dir: Path, teacher_dir: Path) -> dict:
-    return timed_step(
+    return _tracked(
+        cfg,
         run_dir,
         "train_teacher",
         lambda: teacher.train_teacher(load_saved_dataset(data_dir), cfg.teacher, teacher_dir, cfg.seed),
+        lambda r: [Path(r["path"])],
     )
 
 
@@ -51,13 +91,14 @@ def train_generator(cfg: RunConfig, run_dir: Path, data_dir: Path, generator_dir
             data.x_train, data.y_train, data.info.n_classes, cfg.generator, generator_dir, cfg.seed
         )
 
-    return timed_step(run_dir, "train_generator", step)
+    return _tracked(cfg, run_dir, "train_generator", step, lambda r: [Path(generator_dir) / "spec.json"])
 
 
 def select_generator(
     cfg: RunConfig, run_dir: Path, data_dir: Path, generator_dir: Path, teacher_dir: Path, selection_dir: Path
 ) -> dict:
-    return timed_step(
+    return _tracked(
+        cfg,
         run_dir,
         "select_generator",
         lambda: selection.select_generator(
@@ -69,6 +110,7 @@ def select_generator(
             selection_dir,
             cfg.seed,
         ),
+        lambda _r: [Path(selection_dir) / SELECTION_FILE],
     )
 
 
@@ -93,10 +135,11 @@ def regenerate(
     chosen = json.loads((Path(selection_dir) / SELECTION_FILE).read_text())
     scale = cfg.gkd.guidance_scale if cfg.gkd.guidance_scale is not None else chosen["guidance_scale"]
     n = plan_shards(cfg, data_dir)[shard]
-    return timed_step(
-        run_dir,
-        f"regenerate-{shard:03d}",
-        lambda: regen.regenerate_shard(
+
+    def step() -> dict:
+        from kr.validation import validate_shard
+
+        result = regen.regenerate_shard(
             generator_dir,
             chosen["checkpoint"],
             Path(teacher_dir) / TEACHER_FILE,
@@ -106,20 +149,33 @@ def regenerate(
             shard,
             cfg.seed,
             shard_path,
-        ),
+        )
+        info = json.loads((Path(data_dir) / "info.json").read_text())
+        docs = Path(run_dir) / "validation" / f"shard-{shard:03d}"
+        report = validate_shard(Path(shard_path), info["n_classes"], cfg.validation, docs, channels=info["channels"])
+        return result | {"expectations": report}
+
+    return _tracked(
+        cfg,
+        run_dir,
+        f"regenerate-{shard:03d}",
+        step,
     )
 
 
 def train_student(cfg: RunConfig, run_dir: Path, data_dir: Path, shard_paths: list[Path], student_dir: Path) -> dict:
-    return timed_step(
+    return _tracked(
+        cfg,
         run_dir,
         "train_student",
         lambda: student.train_student(load_saved_dataset(data_dir), shard_paths, cfg.gkd, student_dir, cfg.seed),
+        lambda r: [Path(r["path"])],
     )
 
 
 def train_naive(cfg: RunConfig, run_dir: Path, data_dir: Path, shard_paths: list[Path]) -> dict:
-    return timed_step(
+    return _tracked(
+        cfg,
         run_dir,
         "train_naive",
         lambda: student.train_naive(load_saved_dataset(data_dir), shard_paths, cfg.gkd, cfg.naive, cfg.seed),
@@ -144,10 +200,51 @@ def audit_privacy(
             load_saved_dataset(data_dir), models, accuracy, shard_paths, cfg.privacy, cfg.teacher, privacy_dir, cfg.seed
         )
 
-    return timed_step(run_dir, "audit_privacy", step)
+    return _tracked(cfg, run_dir, "audit_privacy", step, lambda r: [Path(privacy_dir)])
 
 
 def evaluate_gates(cfg: RunConfig, run_dir: Path, profile: str, runner: str, started_at: str) -> dict:
-    return timed_step(
-        run_dir, "evaluate_gates", lambda: gate_verdicts(build_summary(run_dir, cfg, profile, runner, started_at), cfg)
+    return _tracked(
+        cfg,
+        run_dir,
+        "evaluate_gates",
+        lambda: gate_verdicts(build_summary(run_dir, cfg, profile, runner, started_at), cfg),
     )
+
+
+def promote(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str) -> dict:
+    """Every gate passed: register the student, move `champion` if it beats the champion, write the audit record."""
+    return _tracked(
+        cfg, run_dir, "promote", lambda: promotion.conclude(cfg, run_dir, data_dir, started_at, promote=True)
+    )
+
+
+def record_rejection(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str) -> dict:
+    """A gate failed: register the student with its verdicts (no alias) and write the audit record."""
+    return _tracked(
+        cfg,
+        run_dir,
+        "record_rejection",
+        lambda: promotion.conclude(cfg, run_dir, data_dir, started_at, promote=False),
+    )
+
+
+def finalize(
+    cfg: RunConfig, run_dir: Path, profile: str, runner: str, started_at: str, wall_s: float, error: str | None
+) -> dict:
+    """The exit handler's work, also after a failure: the audit record (if the run has none yet), summary.json and
+    the report, then everything on the parent MLflow run."""
+    from kr.summary import finalize_run
+
+    run_dir = Path(run_dir)
+    failure = run_dir / "failure.json"
+    if failure.exists() and not error:
+        error = json.loads(failure.read_text())["error"]
+    failed = error is not None or failure.exists()
+    status = "failed" if failed else "succeeded"
+    audit = promotion.record_failure(cfg, run_dir, started_at, error) if failed or cfg.audit.uri else None
+    summary = finalize_run(run_dir, cfg, profile, runner, started_at, wall_s, status=status, error=error, audit=audit)
+    artifacts = [run_dir / n for n in ("summary.json", "report.md", "samples.png", "selection.png")]
+    artifacts += [Path(summary["artifacts"].get("mia_roc") or run_dir / "missing"), run_dir / promotion.AUDIT_COPY]
+    tracking.finish_parent(cfg, run_dir, summary, artifacts)
+    return summary

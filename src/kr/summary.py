@@ -27,7 +27,10 @@ STEP_ORDER = (
     "train_naive",
     "audit_privacy",
     "evaluate_gates",
+    "promote",
+    "record_rejection",
 )
+NOT_CONCLUDED = {"passed": False, "evaluated": False, "reasons": ["the run ended before the champion gate"]}
 
 
 def _headline(metrics: dict | None) -> dict | None:
@@ -72,6 +75,13 @@ def build_summary(
     selection, generator = _result(records, "select_generator"), _result(records, "train_generator")
     student, naive = _result(records, "train_student"), _result(records, "train_naive")
     shards = _shards(records)
+    conclusion = _result(records, "promote") or _result(records, "record_rejection")
+    gates = _result(records, "evaluate_gates")
+    gates = (
+        conclusion["gates"]
+        if conclusion
+        else ({**gates, "champion": NOT_CONCLUDED, "passed": False} if gates else None)
+    )
     gap = round(100 * (student["test"]["accuracy"] - teacher["test"]["accuracy"]), 2) if student and teacher else None
     return {
         "schema": SUMMARY_SCHEMA,
@@ -158,8 +168,10 @@ def build_summary(
         ),
         "cas_gap_pp": gap,
         "privacy": _result(records, "audit_privacy"),
-        "gates": _result(records, "evaluate_gates")
-        or {"passed": False, "reasons": ["the run ended before its gates were evaluated"]},
+        "gates": gates or {"passed": False, "reasons": ["the run ended before its gates were evaluated"]},
+        "registry": (conclusion or {}).get("registry"),
+        "audit": (conclusion or {}).get("audit"),
+        "outcome": (conclusion or {}).get("outcome") or ("failed" if status == "failed" else None),
         "artifacts": {
             "teacher": teacher and teacher["path"],
             "student": student and student["path"],
@@ -180,11 +192,13 @@ def finalize_run(
     wall_s: float,
     status: str = "succeeded",
     error: str | None = None,
+    audit: dict | None = None,
 ) -> dict:
     """Write summary.json, the plots and report.md for whatever the run got to do."""
     run_dir = Path(run_dir)
     summary = build_summary(run_dir, cfg, profile, runner, started_at, status, error)
     summary["total_wall_s"] = round(wall_s, 2)
+    summary["audit"] = summary["audit"] or audit
     records = read_records(run_dir)
     summary["artifacts"].update(_plots(run_dir, records))
     write_json(run_dir / "summary.json", summary)

@@ -6,24 +6,71 @@ Artifact paths are used as folders (models, datasets) or files (regeneration sha
 """
 
 from types import SimpleNamespace
-from typing import List  # noqa: UP035  KFP reads the annotations and wants typing.List
+from typing import List, NamedTuple  # noqa: UP035  KFP reads the annotations and wants typing.List
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def validate_data(config_json: str, run_dir: str, data: Output[Dataset]) -> None:
+def resolve_config(
+    dataset: str,
+    profile: str,
+    overrides: list,
+    config_yaml: str,
+    gates: dict,
+    data_root: str,
+    model_name: str,
+    tracking_uri: str,
+    audit_uri: str,
+    run_dir: str,
+    runs_root: str,
+    image: str,
+    kfp_run_id: str,
+    started_at: str,
+    job_created_at: str,
+    run_config: Output[Artifact],
+) -> NamedTuple("Resolved", config_json=str, run_dir=str, started_at=str):
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from kr.pipeline import params
+
+    fields = params.RunRequest.__dataclass_fields__
+    req = params.RunRequest(**{k: v for k, v in locals().items() if k in fields})
+    resolved = (params.config_json(req), str(params.run_dir(req)), params.started_at(req))
+    # also as a file: tasks inside the ParallelFor read it from there (kfp.local hands them the loop item instead
+    # of a task-output parameter)
+    Path(run_config.path).write_text(json.dumps(dict(zip(("config_json", "run_dir", "started_at"), resolved, strict=True))))
+    run_config.metadata.update({"run_dir": resolved[1], "dataset": dataset, "profile": profile})
+    return namedtuple("Resolved", ["config_json", "run_dir", "started_at"])(*resolved)
+
+
+def validate_data(config_json: str, run_dir: str, data: Output[Dataset], data_docs: Output[HTML]) -> None:
+    import shutil
     from pathlib import Path
 
     from kr import steps
     from kr.config import RunConfig
 
-    result = steps.validate_data(RunConfig.model_validate_json(config_json), Path(run_dir), Path(data.path))
+    docs = Path(run_dir) / "validation" / "real"  # the whole Data Docs site; the artifact is its index page
+    try:
+        result = steps.validate_data(RunConfig.model_validate_json(config_json), Path(run_dir), Path(data.path), docs)
+    finally:
+        # the Data Docs are the artifact most worth reading when validation fails: keep them either way
+        if (docs / "index.html").exists():
+            shutil.copyfile(docs / "index.html", data_docs.path)
     data.metadata.update({k: result["info"][k] for k in ("name", "md5", "n_classes", "channels", "n_train")})
+    data_docs.metadata.update({"expectations_passed": result["expectations"]["passed"], "folder": str(docs)})
 
 
 def train_teacher(
-    config_json: str, run_dir: str, data: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]
+    config_json: str,
+    run_dir: str,
+    data: Input[Dataset],
+    teacher: Output[Model],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
 ) -> None:
     from pathlib import Path
 
@@ -38,6 +85,8 @@ def train_teacher(
         metrics.log_metric(f"{split}_accuracy", r[split]["accuracy"])
         if r[split]["auc"] == r[split]["auc"]:
             metrics.log_metric(f"{split}_auc", r[split]["auc"])
+    names = [str(i) for i in range(len(r["test"]["confusion_matrix"]))]
+    confusion.log_confusion_matrix(names, r["test"]["confusion_matrix"])
 
 
 def train_generator(config_json: str, run_dir: str, data: Input[Dataset], generator: Output[Model]) -> None:
@@ -90,8 +139,7 @@ def plan_shards(config_json: str, data: Input[Dataset]) -> List[int]:  # noqa: U
 
 
 def regenerate(
-    config_json: str,
-    run_dir: str,
+    run_config: Input[Artifact],
     shard: int,
     data: Input[Dataset],
     generator: Input[Model],
@@ -99,14 +147,16 @@ def regenerate(
     selection: Input[Artifact],
     shard_data: Output[Dataset],
 ) -> None:
+    import json
     from pathlib import Path
 
     from kr import steps
     from kr.config import RunConfig
 
+    resolved = json.loads(Path(run_config.path).read_text())
     r = steps.regenerate(
-        RunConfig.model_validate_json(config_json),
-        Path(run_dir),
+        RunConfig.model_validate_json(resolved["config_json"]),
+        Path(resolved["run_dir"]),
         shard,
         Path(data.path),
         Path(generator.path),
@@ -124,6 +174,7 @@ def train_student(
     shards: Input[List[Dataset]],  # noqa: UP006
     student: Output[Model],
     metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
 ) -> None:
     from pathlib import Path
 
@@ -140,6 +191,8 @@ def train_student(
     student.metadata.update({"role": "student", "framework": "pytorch", "file": steps.STUDENT_FILE})
     for split in ("val", "test"):
         metrics.log_metric(f"{split}_accuracy", r[split]["accuracy"])
+    names = [str(i) for i in range(len(r["test"]["confusion_matrix"]))]
+    confusion.log_confusion_matrix(names, r["test"]["confusion_matrix"])
 
 
 def train_naive(
@@ -167,8 +220,9 @@ def audit_privacy(
     teacher: Input[Model],
     student: Input[Model],
     shards: Input[list[Dataset]],
-    privacy: Output[Artifact],  # noqa: UP006
+    privacy: Output[Artifact],
     metrics: Output[Metrics],
+    student_roc: Output[ClassificationMetrics],
 ) -> None:
     from pathlib import Path
 
@@ -188,6 +242,9 @@ def audit_privacy(
         metrics.log_metric(f"{model}_strongest_auc", r[model]["strongest"]["auc"])
         metrics.log_metric(f"{model}_tpr_at_1pct_fpr", r[model]["strongest"]["tpr_at_1pct_fpr"])
     metrics.log_metric("near_copy_fraction", r["memorization"]["near_copy_fraction"])
+    roc = r["student"]["strongest"].get("roc")
+    if roc:  # the strongest attack's ROC curve on the student, for the KFP UI
+        student_roc.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
 
 
 def evaluate_gates(
@@ -197,42 +254,68 @@ def evaluate_gates(
 
     from kr import steps
     from kr.config import RunConfig
+    from kr.report import gates_markdown
 
     r = steps.evaluate_gates(RunConfig.model_validate_json(config_json), Path(run_dir), profile, runner, started_at)
-    lines = [f"# Gates: {'PASSED' if r['passed'] else 'FAILED'}", ""]
-    for name, gate in r.items():
-        if isinstance(gate, dict):
-            lines += [f"- {name}: {'pass' if gate['passed'] else 'FAIL'}"]
-            lines += [f"  - {reason}" for reason in gate.get("reasons", [])]
-    Path(verdict.path).write_text("\n".join(lines) + "\n")
+    Path(verdict.path).write_text(gates_markdown(r))
+    verdict.metadata.update({"passed": bool(r["passed"])})
     return bool(r["passed"])
 
 
-def finalize_run(
-    config_json: str, run_dir: str, profile: str, runner: str, started_at: str, status: dsl.PipelineTaskFinalStatus
-) -> None:
-    """The exit handler: summary.json and the report for whatever the run got to do, also when a step failed."""
-    import time
-    from datetime import UTC, datetime
+def promote(config_json: str, run_dir: str, data: Input[Dataset], started_at: str, decision: Output[Markdown]) -> None:
     from pathlib import Path
 
+    from kr import steps
     from kr.config import RunConfig
-    from kr.summary import finalize_run as finalize
+    from kr.report import decision_markdown
 
-    started = datetime.fromisoformat(started_at) if started_at else datetime.now(UTC)
-    finalize(
-        Path(run_dir),
-        RunConfig.model_validate_json(config_json),
-        profile,
-        runner,
-        started.isoformat(),
-        time.time() - started.timestamp(),
-        status="succeeded" if status.state == "SUCCEEDED" else "failed",
-        error=status.error_message or None,
-    )
+    r = steps.promote(RunConfig.model_validate_json(config_json), Path(run_dir), Path(data.path), started_at)
+    Path(decision.path).write_text(decision_markdown(r))
+    decision.metadata.update({"outcome": r["outcome"], **{k: str(v) for k, v in (r["registry"] or {}).items()}})
+
+
+def record_rejection(
+    config_json: str, run_dir: str, data: Input[Dataset], started_at: str, decision: Output[Markdown]
+) -> None:
+    from pathlib import Path
+
+    from kr import steps
+    from kr.config import RunConfig
+    from kr.report import decision_markdown
+
+    r = steps.record_rejection(RunConfig.model_validate_json(config_json), Path(run_dir), Path(data.path), started_at)
+    Path(decision.path).write_text(decision_markdown(r))
+    decision.metadata.update({"outcome": r["outcome"], **{k: str(v) for k, v in (r["registry"] or {}).items()}})
+
+
+def finalize_run(
+    dataset: str,
+    profile: str,
+    overrides: list,
+    config_yaml: str,
+    gates: dict,
+    data_root: str,
+    model_name: str,
+    tracking_uri: str,
+    audit_uri: str,
+    run_dir: str,
+    runs_root: str,
+    image: str,
+    kfp_run_id: str,
+    started_at: str,
+    job_created_at: str,
+    runner: str,
+    status: dsl.PipelineTaskFinalStatus,
+) -> None:
+    """The exit handler: audit record, summary.json and report for whatever the run got to do, also on failure."""
+    from kr.pipeline import params
+
+    req = params.RunRequest(**{k: v for k, v in locals().items() if k in params.RunRequest.__dataclass_fields__})
+    params.finalize(req, runner, failed=status.state != "SUCCEEDED", error=status.error_message or None)
 
 
 STEP_FUNCTIONS = (
+    resolve_config,
     validate_data,
     train_teacher,
     train_generator,
@@ -243,6 +326,8 @@ STEP_FUNCTIONS = (
     train_naive,
     audit_privacy,
     evaluate_gates,
+    promote,
+    record_rejection,
     finalize_run,
 )
 

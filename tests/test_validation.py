@@ -1,0 +1,310 @@
+"""Tests for kr.validation: the Great Expectations suites on real and generated data and on synthetic shards.
+
+Every bad case starts from data that passes (test_generated_dataset_passes, test_balanced_shards_pass), changes one
+thing, and checks that the failure message names that thing: a suite that stopped checking would fail here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+from datagen import REAL_ROOT, make_arrays, needs_real, write_npz
+
+from kr.data import Dataset, load_dataset
+from kr.validation import (
+    REPORT_FILE,
+    ValidationConfig,
+    ValidationFailed,
+    class_count_table,
+    image_table,
+    validate_real,
+    validate_shard,
+)
+
+CFG = ValidationConfig(max_shared_fraction=0.0)  # strict: no shared image at all
+
+
+def generated(tmp_path: Path, **overrides) -> Dataset:
+    """A generated 5-class RGB dataset (12 train, 4 val, 4 test images per class) loaded through kr.data."""
+    return load_dataset(str(write_npz(tmp_path / "gen.npz", **overrides)))
+
+
+def fails(data: Dataset, docs: Path, cfg: ValidationConfig = CFG, *words: str) -> str:
+    """Expect validate_real to raise; check every word is in the message and the artifacts exist; return it."""
+    with pytest.raises(ValidationFailed) as exc:
+        validate_real(data, cfg, docs)
+    msg = str(exc.value)
+    for word in words:
+        assert word in msg, f"{word!r} not in {msg!r}"
+    assert not exc.value.report["passed"]
+    # the pipeline keeps these artifacts, so they must be written before the exception
+    assert json.loads((docs / REPORT_FILE).read_text())["failures"] == exc.value.report["failures"]
+    assert (docs / "index.html").is_file()
+    return msg
+
+
+# ---------------------------------------------------------------- real files
+
+
+@needs_real
+def test_real_breastmnist_shared_image_is_a_warning_by_default_and_fails_when_strict(tmp_path: Path) -> None:
+    data = load_dataset("breastmnist", REAL_ROOT)
+    # the official file holds one test image byte-identical to a training image, under the other label
+    msg = fails(data, tmp_path / "strict", CFG, "test: 1 image also appears in train", "76 = train 115")
+    assert len(msg.splitlines()) == 3, msg  # heading, the one problem, the Data Docs path: nothing else failed
+
+    report = validate_real(data, ValidationConfig(), tmp_path / "docs")  # default: 1% of val+test may be shared
+    assert report["passed"], report["failures"]
+    assert report["warnings"] == [
+        "test: 1 image also appears in train, byte for byte: index 76 = train 115 (labelled 1 here, 0 in train)"
+    ]
+    assert Path(report["docs"]) == (tmp_path / "docs" / "index.html").absolute()
+    assert Path(report["docs"]).is_file()
+    assert report["splits"]["train"] == {
+        "images": 546,
+        "pixel_min": 0.0,
+        "pixel_max": 255.0,
+        "shared_with_train": 0,
+        "duplicates_within_split": 0,
+    }
+    assert report["rows"] == {"images": 780, "class_counts": 6}
+    assert all(e["success"] for e in report["expectations"])
+    json.dumps(report)  # JSON-ready
+
+
+# ---------------------------------------------------------------- tables
+
+
+def test_image_table_has_one_row_per_image_with_hash_and_shared_flag(tmp_path: Path) -> None:
+    arrays = make_arrays()
+    arrays["val_images"][2] = arrays["train_images"][5]
+    data = generated(tmp_path, val_images=arrays["val_images"])
+    table = image_table(data)
+    assert len(table) == 100
+    assert list(table.columns) == [
+        "split",
+        "index",
+        "label",
+        "height",
+        "width",
+        "channels",
+        "dtype",
+        "min",
+        "max",
+        "mean",
+        "hash",
+        "shared_with_train",
+    ]
+    row = table[(table["split"] == "val") & (table["index"] == 2)].iloc[0]
+    assert row["shared_with_train"]
+    assert table["shared_with_train"].sum() == 1
+    assert row["hash"] == table[(table["split"] == "train") & (table["index"] == 5)]["hash"].item()
+    x = data.x_test[7]
+    test7 = table[(table["split"] == "test") & (table["index"] == 7)].iloc[0]
+    assert (test7["min"], test7["max"], test7["mean"]) == (x.min(), x.max(), pytest.approx(x.mean()))
+    assert (test7["channels"], test7["height"], test7["width"], test7["dtype"]) == (3, 28, 28, "uint8")
+
+    counts = class_count_table(data)
+    assert len(counts) == 15
+    assert counts[counts["split"] == "train"]["count"].tolist() == [12] * 5
+
+
+# ---------------------------------------------------------------- generated datasets
+
+
+def test_generated_dataset_passes(tmp_path: Path) -> None:
+    report = validate_real(generated(tmp_path), CFG, tmp_path / "docs")
+    assert report["passed"] and report["failures"] == [] and report["warnings"] == []
+    assert (tmp_path / "docs" / "index.html").is_file()
+    assert json.loads((tmp_path / "docs" / REPORT_FILE).read_text())["passed"]
+
+
+def test_image_copied_from_train_into_test_fails(tmp_path: Path) -> None:
+    arrays = make_arrays()
+    arrays["test_images"][3] = arrays["train_images"][7]
+    arrays["test_labels"][3] = arrays["train_labels"][7]
+    arrays["test_images"][11] = arrays["train_images"][0]
+    arrays["test_labels"][11] = (arrays["train_labels"][0] + 1) % 5  # the copy also carries another label
+    data = generated(tmp_path, test_images=arrays["test_images"], test_labels=arrays["test_labels"])
+    train_label = int(arrays["train_labels"][0, 0])
+    fails(
+        data,
+        tmp_path / "docs",
+        CFG,
+        "test: 2 images also appear in train, byte for byte: indices 3 = train 7, 11 = train 0 "
+        f"(labelled {(train_label + 1) % 5} here, {train_label} in train); at most 0 allowed",
+    )
+    # 40 val+test images: a tolerance of 5% (2 images) accepts it, 2.5% (1 image) does not
+    assert validate_real(data, ValidationConfig(max_shared_fraction=0.05), tmp_path / "ok")["passed"]
+    fails(data, tmp_path / "tight", ValidationConfig(max_shared_fraction=0.025), "at most 1 allowed")
+
+
+def test_class_with_too_few_train_images_fails(tmp_path: Path) -> None:
+    arrays = make_arrays()
+    y = arrays["train_labels"].ravel()
+    y[np.flatnonzero(y == 2)[3:]] = 0  # class 2 keeps 3 training images
+    data = generated(tmp_path, train_labels=y.reshape(-1, 1))
+    msg = fails(data, tmp_path / "docs", CFG, "train: class 2 ('2') has 3 images; at least 10 needed")
+    assert "class 0" not in msg
+    assert validate_real(data, ValidationConfig(min_images_per_class=3), tmp_path / "ok")["passed"]
+
+
+def test_float_images_out_of_range_fail(tmp_path: Path) -> None:
+    # kr.data refuses non-uint8 files, so the bad Dataset is built directly, as a buggy step might
+    data = generated(tmp_path)
+    x = data.x_val.astype(np.float32)
+    x[4, 0, 0, 0] = 300.0
+    x[9, 1, 5, 5] = -1.0
+    msg = fails(dataclasses.replace(data, x_val=x), tmp_path / "docs", CFG, "dtype: images are float32, expected uint8")
+    assert "pixels: 1 image has a max outside [0, 255]: 300.0 (val 4)" in msg
+    assert "pixels: 1 image has a min outside [0, 255]: -1.0 (val 9)" in msg
+
+
+def test_nan_pixels_fail(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    x = data.x_train.astype(np.float64)
+    x[6, 2, 10, 10] = np.nan
+    fails(dataclasses.replace(data, x_train=x), tmp_path / "docs", CFG, "pixels: 1 image contains NaN", "train 6")
+
+
+def test_label_outside_class_set_fails(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    y = data.y_test.copy()
+    y[[1, 8]] = [7, 5]
+    fails(dataclasses.replace(data, y_test=y), tmp_path / "docs", CFG, "label: values outside {0, 1, 2, 3, 4}: [5, 7]")
+
+
+def test_wrong_channels_and_blank_image_fail(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    x = data.x_train.copy()
+    x[13] = 77
+    gray = dataclasses.replace(data, x_train=x, x_test=data.x_test[:, :1])
+    msg = fails(gray, tmp_path / "docs", CFG, "channels: values outside {3}: [1] in 20 images (test 0, 1, 2")
+    assert "pixels: 1 image is blank" in msg and "(train 13)" in msg
+
+
+def test_malformed_dataset_is_refused_with_a_report(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    bad = dataclasses.replace(data, y_val=data.y_val[:-1])
+    with pytest.raises(ValidationFailed, match=r"val: labels have shape \(19,\); expected \(20,\)"):
+        validate_real(bad, CFG, tmp_path / "docs")
+    assert not json.loads((tmp_path / "docs" / REPORT_FILE).read_text())["passed"]
+
+
+def test_no_raise_returns_the_failed_report(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    y = data.y_train.copy()
+    y[y == 4] = 3  # class 4 loses every training image
+    report = validate_real(dataclasses.replace(data, y_train=y), CFG, tmp_path / "docs", raise_on_failure=False)
+    assert not report["passed"]
+    assert report["failures"] == ["train: class 4 ('4') has 0 images; at least 10 needed"]
+    failed = [e for e in report["expectations"] if not e["success"]]
+    assert [(e["table"], e["expectation"], e["column"]) for e in failed] == [
+        ("class_counts", "expect_column_values_to_be_between", "count")
+    ]
+
+
+def test_writes_nothing_outside_docs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    data = generated(tmp_path)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    validate_real(data, CFG, tmp_path / "docs")
+    validate_shard(write_shard(tmp_path / "s.npz"), 5, CFG, tmp_path / "shard_docs")
+    assert list(cwd.iterdir()) == [] and list(home.iterdir()) == []
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        ValidationConfig(min_images_per_clas=5)
+    with pytest.raises(pydantic.ValidationError):
+        ValidationConfig(max_shared_fraction=-0.1)
+
+
+# ---------------------------------------------------------------- synthetic shards
+
+
+def write_shard(path: Path, n: int = 50, n_classes: int = 5, seed: int = 0, **replace: np.ndarray) -> Path:
+    """A shard as kr.regenerate writes it: balanced labels (counts differ by at most 1), uint8 images, logits."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % n_classes)
+    arrays = {
+        "images": rng.integers(0, 256, (n, 3, 28, 28), dtype=np.uint8),
+        "gen_labels": labels,
+        "teacher_logits": rng.normal(size=(n, n_classes)).astype(np.float32),
+    }
+    arrays.update(replace)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("n", [50, 23, 3])
+def test_balanced_shards_pass(tmp_path: Path, n: int) -> None:
+    report = validate_shard(write_shard(tmp_path / "shard-0.npz", n=n), 5, CFG, tmp_path / "docs", channels=3)
+    assert report["passed"], report["failures"]
+    assert sum(report["class_counts"]) == n and max(report["class_counts"]) - min(report["class_counts"]) <= 1
+    assert report["suite"] == "shard.shard-0"
+    assert (tmp_path / "docs" / "index.html").is_file()
+
+
+def shard_fails(path: Path, docs: Path, cfg: ValidationConfig = CFG, **kw) -> str:
+    with pytest.raises(ValidationFailed) as exc:
+        validate_shard(path, 5, cfg, docs, **kw)
+    assert (docs / "index.html").is_file() and (docs / REPORT_FILE).is_file()
+    return str(exc.value)
+
+
+def test_shard_with_nan_logit_fails(tmp_path: Path) -> None:
+    logits = np.random.default_rng(1).normal(size=(50, 5)).astype(np.float32)
+    logits[17, 2] = np.nan
+    logits[30, 0] = np.inf
+    msg = shard_fails(write_shard(tmp_path / "s.npz", teacher_logits=logits), tmp_path / "docs")
+    assert "teacher_logits: 2 row(s) hold NaN or infinite values (indices 17, 30)" in msg
+    assert msg.count("\n  - ") == 1, msg
+
+
+def test_unbalanced_shard_fails(tmp_path: Path) -> None:
+    labels = np.arange(50) % 5
+    labels[:3] = 1  # class 0 loses 1 image, class 2 loses 1; class 1 gains 2 (10 is exact balance)
+    msg = shard_fails(write_shard(tmp_path / "s.npz", gen_labels=labels), tmp_path / "docs")
+    assert "gen_labels: class 1 has 12 images; expected 10 to 10" in msg
+    assert "class 0 has 9 images" in msg and "class 2 has 9 images" in msg
+    assert "class 3" not in msg
+    # a 20% tolerance (8 to 12 for N/K = 10) accepts it
+    assert validate_shard(tmp_path / "s.npz", 5, ValidationConfig(max_class_imbalance=0.2), tmp_path / "ok")["passed"]
+
+
+def test_shard_pixels_labels_and_logit_width_fail(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    labels = np.arange(50) % 5
+    labels[4] = 5  # one label outside the 5 classes
+    path = write_shard(
+        tmp_path / "s.npz",
+        images=rng.integers(0, 256, (50, 1, 28, 28)).astype(np.int16),
+        gen_labels=labels,
+        teacher_logits=rng.normal(size=(50, 4)).astype(np.float32),
+    )
+    msg = shard_fails(path, tmp_path / "docs", channels=3)
+    assert "dtype: images are int16, expected uint8" in msg
+    assert "channels: values outside {3}: [1] in 50 images" in msg
+    assert "gen_label: values outside {0, 1, 2, 3, 4}: [5] in 1 image (index 4)" in msg
+    assert "teacher_logits: 4 columns; expected 5" in msg
+
+
+def test_unreadable_shard_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.npz"
+    with open(path, "wb") as f:
+        np.savez(f, images=np.zeros((4, 1, 28, 28), np.uint8), gen_labels=np.arange(4))
+    with pytest.raises(ValidationFailed, match="missing keys teacher_logits"):
+        validate_shard(path, 2, CFG, tmp_path / "docs")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValidationFailed, match="not a readable shard"):
+        validate_shard(tmp_path / "junk.npz", 2, CFG, tmp_path / "docs2")
