@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
-from datagen import REAL_ROOT, kr, needs_real
+from datagen import kr
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
@@ -41,6 +40,7 @@ def test_dag_shape(compiled) -> None:
     spec, _, _ = compiled
     exit_dag = spec.components["comp-exit-handler-1"].dag.tasks
     assert set(exit_dag) >= {
+        "resolve-config",
         "validate-data",
         "train-teacher",
         "train-generator",
@@ -51,10 +51,12 @@ def test_dag_shape(compiled) -> None:
         "train-naive",
         "audit-privacy",
         "evaluate-gates",
+        "condition-branches-3",
     }
     deps = {name: set(task.dependent_tasks) for name, task in exit_dag.items()}
-    # teacher and generator both wait only for validation: they run in parallel
-    assert deps["train-teacher"] == {"validate-data"} and deps["train-generator"] == {"validate-data"}
+    assert deps["validate-data"] == {"resolve-config"}
+    # teacher and generator both wait only for validation (and the resolved config): they run in parallel
+    assert deps["train-teacher"] == deps["train-generator"] == {"resolve-config", "validate-data"}
     assert {"train-teacher", "train-generator"} <= deps["select-generator"]
     assert "for-loop-2" in deps["train-student"]
     assert {"audit-privacy", "train-naive"} <= deps["evaluate-gates"]
@@ -68,6 +70,37 @@ def test_dag_shape(compiled) -> None:
         root["finalize-run"].trigger_policy.strategy
         == pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
     )
+
+
+def test_promotion_is_gated_on_the_verdict(compiled) -> None:
+    spec, _, _ = compiled
+    branches = spec.components["comp-condition-branches-3"].dag.tasks
+    conditions = {name: task.trigger_policy.condition for name, task in branches.items()}
+    assert set(conditions) == {"condition-4", "condition-5"}
+    # promote only when evaluate-gates returned true; otherwise the rejection is recorded
+    failed = [c for c in conditions.values() if c.startswith("!(")]
+    passed = [c for c in conditions.values() if not c.startswith("!(") and c.endswith("== true")]
+    assert len(passed) == 1 and len(failed) == 1
+    assert "pipelinechannel--evaluate-gates-Output" in passed[0]
+    assert "promote" in spec.components["comp-condition-4"].dag.tasks
+    assert "record-rejection" in spec.components["comp-condition-5"].dag.tasks
+
+
+def test_pipeline_parameters(compiled) -> None:
+    spec, _, _ = compiled
+    params = spec.root.input_definitions.parameters
+    assert set(params) >= {
+        "dataset",
+        "profile",
+        "overrides",
+        "gates",
+        "model_name",
+        "tracking_uri",
+        "audit_uri",
+        "config_yaml",
+    }
+    assert params["gates"].parameter_type == pipeline_spec_pb2.ParameterType.STRUCT
+    assert params["overrides"].parameter_type == pipeline_spec_pb2.ParameterType.LIST
 
 
 def test_gpu_settings_on_heavy_steps_only(compiled) -> None:
@@ -92,12 +125,19 @@ def test_gpu_settings_on_heavy_steps_only(compiled) -> None:
     assert secrets == {"kr-mlflow", "kr-s3"}
 
 
-def test_caching_and_retries(compiled) -> None:
-    spec, _, _ = compiled
+def test_caching_retries_and_shared_run_volume(compiled) -> None:
+    spec, platform, _ = compiled
     tasks = dict(spec.components["comp-exit-handler-1"].dag.tasks)
-    assert tasks["evaluate-gates"].caching_options.enable_cache is False
-    assert tasks["audit-privacy"].caching_options.enable_cache is False
+    tasks |= dict(spec.components["comp-condition-4"].dag.tasks) | dict(spec.components["comp-condition-5"].dag.tasks)
+    for name in ("evaluate-gates", "audit-privacy", "promote", "record-rejection"):
+        assert tasks[name].caching_options.enable_cache is False, name
+    assert tasks["train-teacher"].caching_options.enable_cache is True
     assert tasks["train-teacher"].retry_policy.max_retry_count == 2
+    k8s = json_format.MessageToDict(platform)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # every task mounts the run volume: records and generator checkpoints outlive a preempted pod
+    for name, executor in k8s.items():
+        mounts = {(m["constant"], m["mountPath"]) for m in executor["pvcMount"]}
+        assert mounts == {("kr-runs", "/mnt/kr-runs")}, name
 
 
 def test_compile_command_writes_the_image(tmp_path: Path) -> None:
@@ -105,38 +145,3 @@ def test_compile_command_writes_the_image(tmp_path: Path) -> None:
     result = kr("compile", "--out", str(out), "--image", IMAGE)
     assert result.returncode == 0, result.stderr
     assert IMAGE in out.read_text()
-
-
-@pytest.mark.e2e
-@needs_real
-def test_smoke_pipeline_on_kfp_local(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = kr("run", "--runner", "kfp.local", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["runner"] == "kfp.local" and summary["status"] == "succeeded"
-    assert summary["student"]["test"]["accuracy"] is not None
-    assert len(summary["regeneration"]["shards"]) == summary["config"]["gkd"]["shards"]
-    assert (out / "kfp").is_dir() and any((out / "kfp").rglob("*.pt"))  # task outputs stay in the run folder
-
-
-@pytest.mark.e2e
-def test_kfp_local_bad_data_stops_at_validation(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = kr(
-        "run",
-        "--runner",
-        "kfp.local",
-        "--profile",
-        "smoke",
-        "--data-root",
-        str(tmp_path / "empty"),
-        "--out",
-        str(out),
-        timeout=600,
-    )
-    assert result.returncode != 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed"
-    assert "validate_data" in summary["error"] and "not found" in summary["error"]
-    assert set(summary["timings_s"]) == set()  # nothing after validation ran

@@ -162,11 +162,13 @@ def run(
 def compile_cmd(
     out: Annotated[Path, typer.Option(help="where to write the pipeline (KFP IR YAML)")],
     image: Annotated[str, typer.Option(help="component image, e.g. registry.example.org/kr:0.1.0-abc1234")],
+    gpus: GpusOpt = 1,
 ) -> None:
     """Compile the pipeline for Kubeflow Pipelines with every component running in IMAGE."""
     from kr.pipeline.compile import compile_pipeline
+    from kr.pipeline.dag import ClusterSettings
 
-    console.print(f"wrote {compile_pipeline(out, image)}")
+    console.print(f"wrote {compile_pipeline(out, image, ClusterSettings(gpus=gpus))}")
 
 
 @app.command("config")
@@ -192,6 +194,7 @@ def show_config(
     typer.echo(json.dumps(values, indent=2) if as_json else yaml.safe_dump(values, sort_keys=False))
 
 
+GpusOpt = Annotated[int, typer.Option(min=0, help="GPUs per heavy step; 0 compiles a CPU-only pipeline")]
 HostOpt = Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. https://kfp.example.org/pipeline")]
 ImageOpt = Annotated[str, typer.Option(help="component image the pipeline runs in (see scripts/build-images)")]
 ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment")]
@@ -218,13 +221,15 @@ def submit(
     model_name: ModelNameOpt = None,
     audit_uri: AuditOpt = None,
     experiment: ExperimentOpt = "knowledge-recycling",
+    gpus: GpusOpt = 1,
 ) -> None:
     """Start one pipeline run on a Kubeflow Pipelines cluster."""
     from kr.pipeline.cluster import ClusterError, submit_run
+    from kr.pipeline.dag import ClusterSettings
 
     req = _cluster_request(dataset, profile, config, overrides, tracking_uri, model_name, audit_uri)
     try:
-        run_id, url = submit_run(host, image, req, experiment)
+        run_id, url = submit_run(host, image, req, experiment, ClusterSettings(gpus=gpus))
     except ClusterError as exc:
         raise _fail(str(exc), code=1) from None
     console.print(f"started run {run_id}: {url}")
@@ -244,9 +249,11 @@ def schedule(
     model_name: ModelNameOpt = None,
     audit_uri: AuditOpt = None,
     experiment: ExperimentOpt = "knowledge-recycling",
+    gpus: GpusOpt = 1,
 ) -> None:
     """Create a recurring retraining run (at most one run at a time, no catch-up of missed runs)."""
     from kr.pipeline.cluster import ClusterError, check_cron, schedule_runs
+    from kr.pipeline.dag import ClusterSettings
 
     try:
         check_cron(cron)
@@ -254,7 +261,7 @@ def schedule(
         raise _fail(str(exc)) from None
     req = _cluster_request(dataset, profile, config, overrides, tracking_uri, model_name, audit_uri)
     try:
-        job_id = schedule_runs(host, image, req, experiment, name, cron)
+        job_id = schedule_runs(host, image, req, experiment, name, cron, ClusterSettings(gpus=gpus))
     except ClusterError as exc:
         raise _fail(str(exc), code=1) from None
     console.print(f"recurring run {name} ({job_id}) created: {cron}")

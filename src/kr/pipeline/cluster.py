@@ -67,6 +67,7 @@ def submit_run(
                 arguments=cluster_arguments(req, cluster),
                 run_name=f"kr-{Path(req.dataset).stem}-{req.profile}",
                 experiment_name=experiment,
+                service_account=cluster.service_account,
             )
         except Exception as exc:
             raise ClusterError(f"submitting to {host} failed: {exc}") from exc
@@ -98,6 +99,7 @@ def schedule_runs(
                 no_catchup=True,
                 params=cluster_arguments(req, cluster),
                 pipeline_package_path=str(package),
+                service_account=cluster.service_account,
             )
         except Exception as exc:
             raise ClusterError(f"scheduling on {host} failed: {exc}") from exc

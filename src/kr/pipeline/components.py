@@ -41,9 +41,10 @@ def resolve_config(
     resolved = (params.config_json(req), str(params.run_dir(req)), params.started_at(req))
     # also as a file: tasks inside the ParallelFor read it from there (kfp.local hands them the loop item instead
     # of a task-output parameter)
-    Path(run_config.path).write_text(json.dumps(dict(zip(("config_json", "run_dir", "started_at"), resolved, strict=True))))
+    names = ("config_json", "run_dir", "started_at")
+    Path(run_config.path).write_text(json.dumps(dict(zip(names, resolved, strict=True))))
     run_config.metadata.update({"run_dir": resolved[1], "dataset": dataset, "profile": profile})
-    return namedtuple("Resolved", ["config_json", "run_dir", "started_at"])(*resolved)
+    return namedtuple("Resolved", names)(*resolved)
 
 
 def validate_data(config_json: str, run_dir: str, data: Output[Dataset], data_docs: Output[HTML]) -> None:

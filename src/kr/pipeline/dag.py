@@ -29,6 +29,8 @@ class ClusterSettings:
     memory_request: str = "8G"
     memory_limit: str = "32G"
     retries: int = 2
+    service_account: str = "kr-pipeline-runner"  # least-privilege runner from infra/ (not KFP's default)
+    pod_labels: dict[str, str] = field(default_factory=lambda: {"kr.io/pipeline": "knowledge-recycling"})
     runs_pvc: str = "kr-runs"  # a ReadWriteMany claim: every task of a run reads and writes <runs_mount>/<run id>
     runs_mount: str = "/mnt/kr-runs"
     mlflow_secret: str = "kr-mlflow"  # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
@@ -47,7 +49,9 @@ class ClusterSettings:
 def _configure(task: dsl.PipelineTask, name: str, cluster: ClusterSettings) -> dsl.PipelineTask:
     task.set_cpu_request(cluster.cpu_request).set_cpu_limit(cluster.cpu_limit)
     task.set_memory_request(cluster.memory_request).set_memory_limit(cluster.memory_limit)
-    if name in GPU_STEPS:
+    for key, value in cluster.pod_labels.items():  # lets NetworkPolicies admit kr's pods, not every KFP pod
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    if name in GPU_STEPS and cluster.gpus > 0:  # gpus=0 compiles a CPU-only pipeline (small dev clusters)
         task.set_accelerator_type(cluster.gpu_type).set_accelerator_limit(cluster.gpus)
         for key, value in cluster.gpu_node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)

@@ -1,0 +1,61 @@
+# The kr component image for GPU nodes: every step of the Kubeflow pipeline runs in it
+# (`scripts/build-images` builds it as <registry>/kr:<tag> and compiles the pipeline against that reference).
+#
+# Base: the official PyTorch CUDA runtime image for the torch version constraints.txt pins (2.13.0, whose PyPI
+# build targets CUDA 13.0: GPU nodes need an NVIDIA driver >= 580). It is pinned by tag; to pin the digest too:
+#   scripts/build-images --gpu-base pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime@sha256:<digest>
+# Build context: the repository root (see .dockerignore).
+ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
+
+FROM ${BASE_IMAGE} AS builder
+ARG TORCH_VERSION=2.13.0
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /build
+COPY pyproject.toml constraints.txt README.md ./
+COPY src ./src
+# The torch line is dropped from the constraints: it pins the CPU wheel the tests use, and installing it here
+# would replace the base image's CUDA build. The venv sees that CUDA torch through --system-site-packages, so
+# `torch>=2.4` is already satisfied and pip leaves it alone; every other package gets its constraints.txt version.
+# kr is built as a wheel first, so no source tree reaches the final stage. medmnist comes without its torchvision
+# requirement, as in scripts/bootstrap.
+RUN grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt \
+    && python -m venv --system-site-packages /opt/venv \
+    && /opt/venv/bin/pip wheel --no-deps --wheel-dir /build/wheels . \
+    && /opt/venv/bin/pip install --constraint constraints-gpu.txt /build/wheels/kr-*.whl \
+    && /opt/venv/bin/pip install --no-deps medmnist==3.0.2
+
+FROM ${BASE_IMAGE}
+ARG TORCH_VERSION=2.13.0
+ARG KR_VERSION=unknown
+ARG KR_REVISION=unknown
+LABEL org.opencontainers.image.title="kr" \
+      org.opencontainers.image.description="Knowledge Recycling pipeline components (CUDA)" \
+      org.opencontainers.image.version="${KR_VERSION}" \
+      org.opencontainers.image.revision="${KR_REVISION}"
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The base image installs gcc for Triton's JIT (torch.compile); kr does not compile kernels, so no compiler stays.
+# Non-root user 10001 in group 0 (so clusters that assign an arbitrary UID in group 0 work too). The KFP v2 launcher
+# maps artifact URIs to /gcs, /minio, /s3 and /oci: those folders must exist and be writable for a non-root step.
+RUN dpkg-query -W -f '${Package}\n' | { grep -E '^(gcc|g\+\+|cpp|clang)(-[0-9.]+)?$' || true; } \
+        | xargs --no-run-if-empty apt-get purge -y --auto-remove \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --no-log-init -l --uid 10001 --gid 0 --home-dir /home/kr --create-home --shell /usr/sbin/nologin kr \
+    && install -d -o 10001 -g 0 -m 0775 /gcs /minio /s3 /oci \
+    && chmod 0775 /home/kr
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /build/constraints.txt /opt/kr/constraints.txt
+COPY docker/verify_image.py /opt/kr/verify_image.py
+ENV PATH=/opt/venv/bin:${PATH} \
+    VIRTUAL_ENV=/opt/venv \
+    HOME=/home/kr \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MPLBACKEND=Agg
+USER 10001:0
+WORKDIR /home/kr
+RUN python /opt/kr/verify_image.py --root kr --constraints /opt/kr/constraints.txt --torch "${TORCH_VERSION}" --cuda
+CMD ["kr", "--help"]

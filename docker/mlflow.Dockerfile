@@ -1,0 +1,46 @@
+# The MLflow tracking server and model registry for the kr pipeline: mlflow (the version constraints.txt pins),
+# the PostgreSQL driver, boto3 for S3 artifacts, and basic auth (`mlflow server --app-name basic-auth`).
+# scripts/build-images tags it <registry>/kr-mlflow:<tag>; infra/ runs it.
+# Build context: the repository root (see .dockerignore).
+ARG BASE_IMAGE=python:3.11.14-slim-trixie
+
+FROM ${BASE_IMAGE} AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /build
+COPY constraints.txt docker/mlflow-requirements.txt ./
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --constraint constraints.txt --requirement mlflow-requirements.txt
+
+FROM ${BASE_IMAGE}
+ARG KR_VERSION=unknown
+ARG KR_REVISION=unknown
+LABEL org.opencontainers.image.title="kr-mlflow" \
+      org.opencontainers.image.description="MLflow tracking server with basic auth, PostgreSQL and S3 for kr" \
+      org.opencontainers.image.version="${KR_VERSION}" \
+      org.opencontainers.image.revision="${KR_REVISION}"
+RUN useradd --no-log-init -l --uid 10001 --gid 0 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /build/constraints.txt /build/mlflow-requirements.txt /opt/mlflow/
+COPY docker/verify_image.py docker/mlflow_start.py /opt/mlflow/
+ENV PATH=/opt/venv/bin:${PATH} \
+    VIRTUAL_ENV=/opt/venv \
+    HOME=/home/mlflow \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MLFLOW_HOST=0.0.0.0 \
+    MLFLOW_PORT=5000 \
+    MLFLOW_WORKERS=2 \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+USER 10001:0
+WORKDIR /home/mlflow
+RUN python /opt/mlflow/verify_image.py --mlflow --pip-check --roots-from /opt/mlflow/mlflow-requirements.txt \
+        --constraints /opt/mlflow/constraints.txt --constraints /opt/mlflow/mlflow-requirements.txt
+EXPOSE 5000
+# /health answers without credentials (MLflow's basic auth leaves it open); Kubernetes uses its own probes.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('MLFLOW_PORT', '5000'), timeout=4)"]
+ENTRYPOINT ["python", "/opt/mlflow/mlflow_start.py"]

@@ -1,0 +1,146 @@
+"""Check a built kr image from inside it; run by docker/*.Dockerfile as the last step of the final stage.
+
+Fails the build when the image does not hold what the tests ran against:
+- every distribution the image's roots need (kr, or the MLflow server's requirements, transitively) is installed,
+  and has exactly the version constraints.txt pins where it pins one (torch is checked separately: the GPU image
+  keeps the CUDA build of its base image, the CPU image has the +cpu wheel). Only the dependency closure is
+  checked: the GPU base image's own conda packages that kr does not use may differ;
+- the packages the pipeline components import are importable (kr, kfp, kfp-kubernetes, mlflow, medmnist, torch);
+- torch is the expected version and build (CUDA or CPU);
+- no C/C++ compiler is on PATH (no build tools in the final stage);
+- the process does not run as root.
+Standard library only, so it also runs in the MLflow image (--mlflow).
+"""
+
+import argparse
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+
+COMPILERS = ("gcc", "g++", "cc", "c++", "clang", "clang++", "tcc")
+COMPONENT_MODULES = ("kr", "kr.pipeline.components", "kfp", "kfp.kubernetes", "mlflow", "medmnist", "torch")
+MLFLOW_MODULES = ("mlflow", "mlflow.server.auth", "psycopg2", "boto3")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: str) -> dict[str, str]:
+    pins = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[canonical(name.split("[", 1)[0])] = version.strip()
+    return pins
+
+
+def closure(roots: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Installed version of every distribution the roots need, transitively (markers and extras evaluated)."""
+    from packaging.requirements import Requirement
+
+    found, missing, seen = {}, [], set()
+    stack = [Requirement(root) for root in roots]
+    while stack:
+        requirement = stack.pop()
+        name, extras = canonical(requirement.name), frozenset(requirement.extras)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(str(requirement))
+            continue
+        found[name] = dist.version
+        for line in dist.requires or []:
+            dependency = Requirement(line)
+            markers = [{"extra": extra} for extra in extras or {""}]
+            if dependency.marker is None or any(dependency.marker.evaluate(m) for m in markers):
+                stack.append(dependency)
+    return found, missing
+
+
+def check_pins(installed: dict[str, str], pins: dict[str, str], skip: set[str]) -> list[str]:
+    return [
+        f"{name}: installed {installed[name]}, constraints pin {pins[name]}"
+        for name in sorted(installed)
+        if name in pins and name not in skip and installed[name] != pins[name]
+    ]
+
+
+def read_roots(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.split("#", 1)[0].strip() for line in f.read().splitlines()]
+    return [line.split("==", 1)[0] for line in lines if line]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--constraints", action="append", default=[], help="pinned requirement file(s)")
+    parser.add_argument("--root", action="append", default=[], help="a distribution the image exists for")
+    parser.add_argument("--roots-from", action="append", default=[], help="requirement file whose names are roots")
+    parser.add_argument("--torch", help="expected torch version, without a local label (e.g. 2.13.0)")
+    build = parser.add_mutually_exclusive_group()
+    build.add_argument("--cuda", action="store_true", help="torch must be a CUDA build")
+    build.add_argument("--cpu", action="store_true", help="torch must be a CPU-only build")
+    parser.add_argument("--mlflow", action="store_true", help="check the MLflow server image instead")
+    parser.add_argument("--pip-check", action="store_true", help="also run `pip check`")
+    args = parser.parse_args(argv)
+
+    errors = []
+    pins = {}
+    for path in args.constraints:
+        pins.update(read_pins(path))
+    roots = args.root + [root for path in args.roots_from for root in read_roots(path)]
+    if not roots:
+        parser.error("name the image's distributions with --root or --roots-from")
+    installed, missing = closure(roots)
+    errors += [f"required but not installed: {requirement}" for requirement in missing]
+    errors += check_pins(installed, pins, skip={"torch"})
+
+    for module in MLFLOW_MODULES if args.mlflow else COMPONENT_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001  any import failure is a broken image
+            errors.append(f"cannot import {module}: {exc!r}")
+
+    if args.torch:
+        import torch
+
+        version = torch.__version__.split("+", 1)[0]
+        if version != args.torch:
+            errors.append(f"torch {torch.__version__}, expected {args.torch}")
+        if args.cuda and not torch.version.cuda:
+            errors.append(f"torch {torch.__version__} is not a CUDA build")
+        if args.cpu and torch.version.cuda:
+            errors.append(f"torch {torch.__version__} is a CUDA {torch.version.cuda} build, expected CPU only")
+
+    for compiler in COMPILERS:
+        if path := shutil.which(compiler):
+            errors.append(f"build tool in the final image: {path}")
+
+    if os.geteuid() == 0:
+        errors.append("running as root: the image must set a non-root USER")
+
+    if args.pip_check:
+        done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+        if done.returncode:
+            errors.append("pip check: " + done.stdout.strip())
+
+    for error in errors:
+        print(f"verify_image: {error}", file=sys.stderr)
+    if not errors:
+        print("verify_image: ok")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
