@@ -72,8 +72,13 @@ def write_npz(path: str | Path, **overrides) -> Path:
     return path
 
 
-def kr(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The real `kr` command in its own process, as a user runs it."""
+def kr(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real `kr` command in its own process, as a user runs it (`env` adds to the current environment)."""
     return subprocess.run(
-        [sys.executable, "-m", "kr.cli", *args], capture_output=True, text=True, check=False, timeout=timeout
+        [sys.executable, "-m", "kr.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )

@@ -276,7 +276,7 @@ def test_network_policies_let_only_pipeline_pods_and_operators_reach_mlflow(rend
     assert selecting, "no NetworkPolicy admits traffic to the MLflow pods"
     pipeline_peer = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": PIPELINE_NS}},
-        "podSelector": {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}},
+        "podSelector": {"matchLabels": {"kr.io/pipeline": "knowledge-recycling"}},
     }
     operator_peer = {"namespaceSelector": {"matchLabels": {"kr.io/mlflow-operators": "true"}}}
     peers = []

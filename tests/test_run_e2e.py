@@ -1,15 +1,33 @@
-"""`kr run` end to end on the smoke profile: the real BreastMNIST file, and a generated RGB 5-class file."""
+"""`kr run` end to end: the KFP DAG through kfp.local on the smoke profile, with the embedded MLflow store.
+
+Two runs share one store and one run folder: the first passes lenient gates and becomes the champion, the second
+fails an impossible gate, is registered without the alias, and leaves the champion where it was.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datagen import REAL_ROOT, kr, needs_real, write_npz
 from typer.testing import CliRunner
 
+from kr.audit import sha256_file
 from kr.cli import app
+
+# gates every smoke run passes: the smoke profile proves mechanics, not quality
+LENIENT = [
+    "gates.accuracy.max_gap_pp=100",
+    "gates.accuracy.min_above_majority_pp=-100",
+    "gates.privacy.max_auc=1",
+    "gates.privacy.max_tpr_at_1pct_fpr=1",
+    "gates.privacy.max_near_copy_fraction=1",
+]
+IMPOSSIBLE = [*LENIENT, "gates.accuracy.min_student_accuracy=1.0"]
+MODEL = "kr-breastmnist-student"
 
 SUMMARY_KEYS = {
     "schema",
@@ -22,15 +40,24 @@ SUMMARY_KEYS = {
     "naive",
     "student",
     "cas_gap_pp",
+    "privacy",
+    "gates",
+    "registry",
+    "audit",
     "timings_s",
     "total_wall_s",
 }
 
 
+def sets(values: list[str]) -> list[str]:
+    return [arg for v in values for arg in ("--set", v)]
+
+
 def check_summary(out: Path, n_classes: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert summary.keys() >= SUMMARY_KEYS
-    assert summary["schema"] == "kr.summary/1"
+    assert summary["schema"] == "kr.summary/1" and summary["runner"] == "kfp.local"
+    assert summary["status"] == "succeeded", summary["error"]
     assert summary["dataset"]["n_classes"] == n_classes
     for model in ("teacher", "student"):
         for split in ("val", "test"):
@@ -43,82 +70,221 @@ def check_summary(out: Path, n_classes: int) -> dict:
     grid = summary["generator"]["selection"]
     assert len(grid) == cfg["selection"]["checkpoints"] * len(cfg["selection"]["guidance_scales"])
     assert summary["generator"]["checkpoint"] in {g["checkpoint"] for g in grid}
-    # the pool is class-balanced: every class gets the same count (+-1 per shard)
-    counts = [sum(s["class_counts"][c] for s in summary["regeneration"]["shards"]) for c in range(n_classes)]
-    assert max(counts) - min(counts) <= len(summary["regeneration"]["shards"])
+    # the pool is class-balanced (+-1 per shard), one ParallelFor task per shard
+    shards = summary["regeneration"]["shards"]
+    assert len(shards) == cfg["gkd"]["shards"]
+    counts = [sum(s["class_counts"][c] for s in shards) for c in range(n_classes)]
+    assert max(counts) - min(counts) <= len(shards)
     privacy = summary["privacy"]
     for model in ("teacher", "student"):
         assert set(privacy[model]["attacks"]) == set(cfg["privacy"]["attacks"])
         top = privacy[model]["strongest"]
         assert top["auc"] == max(a["auc"] for a in privacy[model]["attacks"].values())
-        assert 0.0 <= top["tpr_at_1pct_fpr"] <= 1.0
     assert {"near_copy_fraction", "dcr_ratio_median"} <= privacy["memorization"].keys()
     gates = summary["gates"]
-    assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy"))
-    for name in (
-        "report.md",
-        "samples.png",
-        "selection.png",
-        "steps/student/student.pt",
-        "steps/teacher/teacher.pt",
-        "steps/privacy/mia_roc.png",
-    ):
+    assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy", "champion"))
+    for name in ("report.md", "samples.png", "selection.png", "audit_record.json", "validation/real/index.html"):
         assert (out / name).is_file(), name
+    # the KFP task outputs stay in the run folder
+    assert any((out / "kfp").rglob("teacher.pt")) and any((out / "kfp").rglob("student.pt"))
     return summary
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> dict:
+    """Two smoke runs into one folder and one embedded (SQLite) store: a passing one, then a failing gate."""
+    if not (REAL_ROOT / "breastmnist.npz").is_file():
+        pytest.skip(f"real MedMNIST files not found in {REAL_ROOT}")
+    root = tmp_path_factory.mktemp("embedded")
+    out, uri, trail = root / "run", f"sqlite:///{root / 'store' / 'mlflow.db'}", root / "audit"
+    common = ["run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out)]
+    common += ["--tracking-uri", uri, "--audit-uri", str(trail)]
+    first = kr(*common, *sets(LENIENT))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    passed = check_summary(out, n_classes=2)
+    second = kr(*common, *sets(IMPOSSIBLE))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]  # a rejected run is no error
+    return {"out": out, "uri": uri, "trail": trail, "passed": passed, "rejected": check_summary(out, n_classes=2)}
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.mark.e2e
 @needs_real
-def test_smoke_run_on_real_breastmnist(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = kr("run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = check_summary(out, n_classes=2)
-    assert summary["dataset"]["md5"] == "750601b1f35ba3300ea97c75c52ff8f6"
-    assert summary["dataset"]["n_train"] == 546
-    assert summary["profile"] == "smoke"
-
-    # running again into the same folder keeps the first run's summary and resumes the finished generator
-    again = kr("run", "--profile", "smoke", "--data-root", str(REAL_ROOT), "--out", str(out))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert len(list((out / "history").glob("*/summary.json"))) == 1
-    assert len(list((out / "history").glob("*/steps/student/student.pt"))) == 1
-    second = json.loads((out / "summary.json").read_text())
-    assert second["generator"]["training"]["resumed_from"] == summary["config"]["generator"]["train_steps"]
-    assert second["teacher"]["test"] == summary["teacher"]["test"]  # seeded: the same teacher again
+def test_passing_run_is_tracked_registered_and_promoted(embedded) -> None:
+    s = embedded["passed"]
+    assert s["dataset"]["md5"] == "750601b1f35ba3300ea97c75c52ff8f6" and s["dataset"]["n_train"] == 546
+    assert s["outcome"] == "promoted" and s["gates"]["passed"]
+    assert s["registry"] == {
+        "model_name": MODEL,
+        "version": "1",
+        "alias": "champion",
+        "promoted": True,
+        "previous_champion": None,
+    }
+    c = _client(embedded["uri"])
+    version = c.get_model_version(MODEL, "1")
+    # every gate's threshold, value and verdict is on the version, and the version points to its audit record
+    assert version.tags["gate.accuracy.verdict"] == "pass" and version.tags["gate.privacy.verdict"] == "pass"
+    assert version.tags["gate.privacy.student_strongest_attack_auc.threshold"] == "<= 1"
+    assert float(version.tags["gate.privacy.student_strongest_attack_auc.value"]) == pytest.approx(
+        s["privacy"]["student"]["strongest"]["auc"], abs=1e-5
+    )
+    assert version.tags["kr.audit_record_id"] == s["audit"]["record_id"]
+    assert version.tags["kr.audit_record_hash"] == s["audit"]["record_hash"]
+    # the parent run: tags, the resolved config as params, the dataset as input, one nested run per step
+    parent = c.get_run(version.run_id).data.tags["mlflow.parentRunId"]
+    run = c.get_run(parent)
+    assert run.data.tags["kr.dataset_md5"] == s["dataset"]["md5"] and run.data.tags["kr.image"] == "local"
+    assert run.data.tags["kr.code_version"].startswith("0.1.0+")
+    assert run.data.params["gkd.epochs"] == str(s["config"]["gkd"]["epochs"])
+    assert run.inputs.dataset_inputs[0].dataset.digest == s["dataset"]["md5"]
+    assert {"summary.json", "report.md", "audit_record.json"} <= {a.path for a in c.list_artifacts(parent)}
+    nested = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    steps = {r.data.tags["kr.step"] for r in nested}
+    assert steps >= {"validate_data", "train_teacher", "train_generator", "train_student", "audit_privacy", "promote"}
+    teacher_run = next(r for r in nested if r.data.tags["kr.step"] == "train_teacher")
+    curve = c.get_metric_history(teacher_run.info.run_id, "epoch.val_accuracy")
+    assert len(curve) == s["config"]["teacher"]["epochs"]  # per-epoch metrics
 
 
 @pytest.mark.e2e
-def test_smoke_run_on_generated_rgb_five_classes(tmp_path: Path) -> None:
+@needs_real
+def test_registered_student_predicts_from_raw_pixels(embedded) -> None:
+    import mlflow.pyfunc
+
+    from kr.data import load_dataset
+
+    mlflow.set_tracking_uri(embedded["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    x = load_dataset("breastmnist", REAL_ROOT).x_test[:5].astype(np.float32)
+    probs = np.asarray(model.predict(x))
+    assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert model.metadata.get_input_schema() is not None  # logged with a signature
+
+
+@pytest.mark.e2e
+@needs_real
+def test_failing_gate_registers_without_moving_the_champion(embedded) -> None:
+    s = embedded["rejected"]
+    assert s["outcome"] == "rejected" and not s["gates"]["passed"]
+    assert s["gates"]["accuracy"]["passed"] is False
+    assert any("student test accuracy" in r for r in s["gates"]["accuracy"]["reasons"])
+    assert s["gates"]["champion"]["evaluated"] is False
+    assert s["registry"]["version"] == "2" and s["registry"]["alias"] is None
+    c = _client(embedded["uri"])
+    assert str(c.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert c.get_model_version(MODEL, "2").tags["gate.accuracy.verdict"] == "fail"
+    # the audit trail holds both runs, chained
+    records = [json.loads(p.read_text()) for p in sorted(embedded["trail"].glob("*.json"))]
+    assert [r["outcome"] for r in records] == ["promoted", "rejected"]
+    assert records[1]["previous_hash"] == records[0]["record_hash"] == embedded["passed"]["audit"]["record_hash"]
+    assert records[1]["outputs"]["registry"]["version"] == "2"  # the record points to its version
+    assert records[1]["outputs"]["model_sha256"] == sha256_file(s["artifacts"]["student"])
+
+
+@pytest.mark.e2e
+@needs_real
+def test_rerun_archives_the_first_run_and_resumes_the_generator(embedded) -> None:
+    out, first, second = embedded["out"], embedded["passed"], embedded["rejected"]
+    assert len(list((out / "history").glob("*/summary.json"))) == 1
+    assert second["generator"]["training"]["resumed_from"] == first["config"]["generator"]["train_steps"]
+    assert second["teacher"]["test"] == first["teacher"]["test"]  # seeded: the same teacher again
+
+
+@pytest.mark.e2e
+@needs_real
+def test_conclusion_is_idempotent(embedded) -> None:
+    """A retried promote/record step finds its version and its audit record instead of making new ones."""
+    from kr import promotion
+    from kr.config import RunConfig
+
+    out, s = embedded["out"], embedded["rejected"]
+    cfg = RunConfig.model_validate(s["config"])
+    data_dir = json.loads((out / "records" / "validate_data.json").read_text())["result"]["data_dir"]
+    again = promotion.conclude(cfg, out, Path(data_dir), s["started_at"], promote=False)
+    assert again["registry"]["version"] == "2" and again["audit"]["record_id"] == s["audit"]["record_id"]
+    assert len(_client(embedded["uri"]).search_model_versions(f"name = '{MODEL}'")) == 2
+    assert len(list(embedded["trail"].glob("*.json"))) == 2
+
+
+@pytest.mark.e2e
+@needs_real
+def test_audit_verify_names_a_record_changed_by_one_byte(embedded, tmp_path: Path) -> None:
+    trail = tmp_path / "trail"
+    shutil.copytree(embedded["trail"], trail)
+    ok = kr("audit", "verify", "--uri", str(trail))
+    assert ok.returncode == 0 and "2 record(s)" in ok.stdout, ok.stdout + ok.stderr
+    shown = kr("audit", "show", "--uri", str(trail))
+    assert "promoted" in shown.stdout and "rejected" in shown.stdout
+    target = trail / "000001.json"
+    data = bytearray(target.read_bytes())
+    data[data.index(b'"promoted"') + 1] ^= 0x01  # one bit of one byte
+    target.chmod(0o644)
+    target.write_bytes(bytes(data))
+    bad = kr("audit", "verify", "--uri", str(trail))
+    assert bad.returncode == 1 and "000001.json" in bad.stdout, bad.stdout + bad.stderr
+
+
+@pytest.mark.e2e
+def test_generated_rgb_five_classes(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "rgb5.npz", n_train=100, n_val=25, n_test=25, channels=3, n_classes=5)
     out = tmp_path / "run"
-    result = kr("run", "--dataset", str(data), "--profile", "smoke", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = kr("run", "--dataset", str(data), "--profile", "smoke", "--out", str(out), *sets(LENIENT))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = check_summary(out, n_classes=5)
     assert summary["dataset"]["channels"] == 3 and summary["dataset"]["task"] == "multi-class"
     assert summary["dataset"]["source"] == "file"
+    assert summary["registry"]["model_name"] == "kr-rgb5-student"
 
 
-def test_missing_data_fails_clearly_and_leaves_a_failed_summary(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = CliRunner().invoke(
-        app, ["run", "--profile", "smoke", "--data-root", str(tmp_path / "empty"), "--out", str(out)]
+@pytest.mark.e2e
+def test_missing_data_stops_at_validation_with_a_failed_summary_and_record(tmp_path: Path) -> None:
+    out, trail = tmp_path / "run", tmp_path / "audit"
+    result = kr(
+        "run",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(tmp_path / "empty"),
+        "--out",
+        str(out),
+        "--audit-uri",
+        str(trail),
     )
-    assert result.exit_code == 2
-    assert "breastmnist.npz" in result.output and "not found" in result.output
+    assert result.returncode == 2
+    assert "breastmnist.npz" in result.stdout and "not found" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "validate_data" in summary["error"]
-    assert summary["gates"]["passed"] is False
-    assert summary["teacher"] is None and not (out / "steps" / "teacher").exists()
+    assert summary["outcome"] == "failed" and summary["gates"]["passed"] is False
+    assert summary["teacher"] is None and set(summary["timings_s"]) == set()  # nothing after validation ran
+    assert (out / "report.md").is_file()
+    records = [json.loads(p.read_text()) for p in trail.glob("*.json")]
+    assert [r["outcome"] for r in records] == ["failed"] and "not found" in records[0]["error"]
 
 
 def test_bad_override_fails_before_any_work(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--profile", "smoke", "--set", "gkd.epochz=2", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "gkd.epochz" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_credentials_in_a_tracking_uri_are_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", "--tracking-uri", "https://alice:s3cret@mlflow.example.org", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "credentials in a URI are refused" in result.output and "s3cret" not in result.output
 
 
 def test_config_command_shows_resolved_values() -> None:
     result = CliRunner().invoke(app, ["config", "--profile", "smoke", "--set", "gkd.epochs=9", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["gkd"]["epochs"] == 9
+    values = json.loads(result.output)
+    assert values["gkd"]["epochs"] == 9
+    assert values["tracking"]["uri"].startswith("sqlite:///")  # the embedded store by default

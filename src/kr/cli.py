@@ -15,7 +15,7 @@ import yaml
 from kr.config import PROFILES, ConfigError
 from kr.progress import console
 
-DEFAULT_PROFILE = "cpu"
+DEFAULT_PROFILE = "laptop"
 
 app = typer.Typer(
     help="Knowledge Recycling: train a classifier that never sees a real image, and gate it on privacy.",
@@ -86,10 +86,13 @@ def _request(
     if download:
         extra.append("data.download=true")
     uri = tracking_uri or (default_tracking_uri() if local_store else os.environ.get("MLFLOW_TRACKING_URI", ""))
-    if local_store and uri.startswith("sqlite:"):
-        # an embedded store keeps its artifacts beside it (otherwise MLflow writes ./mlruns wherever it runs)
-        kr_home().mkdir(parents=True, exist_ok=True)
-        extra.insert(0, f"tracking.artifact_location={(kr_home() / 'mlartifacts').as_uri()}")
+    if local_store and uri.startswith("sqlite:///"):
+        # an embedded store keeps its artifacts beside its database (otherwise MLflow writes ./mlruns wherever
+        # each task happens to run)
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"  # absolute: every task process must find the same file
+        extra.insert(0, f"tracking.artifact_location={(db.parent / 'mlartifacts').as_uri()}")
     req = RunRequest(
         dataset=dataset,
         profile=profile,

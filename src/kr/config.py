@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "laptop", "cpu", "gpu")
 
 
 class ConfigError(ValueError):

@@ -187,6 +187,10 @@ def train_generator(
         "complete": end >= cfg.train_steps,
         "params": n_params,
         "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        # the training curve at a readable resolution: mean loss per window of up to 50 steps
+        "loss_curve": [
+            [start + i + len(losses[i : i + 50]), float(np.mean(losses[i : i + 50]))] for i in range(0, len(losses), 50)
+        ],
         "train_s": time.perf_counter() - t0,
         "checkpoints": [c.name for c in list_checkpoints(out_dir)],
     }

@@ -73,15 +73,22 @@ def log_student(cfg: RunConfig, run_id: str, student_path: Path, example: np.nda
     return info.model_uri, getattr(info, "model_id", None)
 
 
-def find_version(cfg: RunConfig, run_key: str):
-    """This run's registered version, if an earlier attempt already registered it."""
-    c = client(cfg)
+def _registered_model(cfg: RunConfig):
+    from mlflow.exceptions import MlflowException
+
     try:
-        versions = c.search_model_versions(f"name = '{cfg.model_name}'")
-    except Exception as exc:  # no such model yet
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+        return client(cfg).get_registered_model(cfg.model_name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+
+
+def find_version(cfg: RunConfig, run_key: str):
+    """This run's registered version, if an earlier attempt already registered it."""
+    if _registered_model(cfg) is None:
+        return None
+    versions = client(cfg).search_model_versions(f"name = '{cfg.model_name}'")
     mine = [v for v in versions if (v.tags or {}).get(RUN_KEY_TAG) == run_key]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
@@ -94,11 +101,8 @@ def register(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarra
     c = client(cfg)
     if existing is None:
         uri, model_id = log_student(cfg, run_id, student_path, example)
-        try:
-            c.create_registered_model(cfg.model_name, tags={"kr.task": "image-classification"})
-        except Exception as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                raise
+        if _registered_model(cfg) is None:
+            _create_model(cfg)
         existing = c.create_model_version(
             cfg.model_name, source=uri, run_id=run_id, tags={RUN_KEY_TAG: cfg.run.run_key}, model_id=model_id
         )
@@ -106,6 +110,16 @@ def register(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarra
     for key, value in tags.items():
         c.set_model_version_tag(cfg.model_name, existing.version, key, value)
     return existing
+
+
+def _create_model(cfg: RunConfig) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(cfg).create_registered_model(cfg.model_name, tags={"kr.task": "image-classification"})
+    except MlflowException as exc:  # another run created it a moment ago
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def _wait_ready(cfg: RunConfig, version: str, timeout_s: float = 120) -> None:
@@ -137,12 +151,10 @@ def _slug(text: str) -> str:
 
 
 def current_champion(cfg: RunConfig):
-    try:
-        return client(cfg).get_model_version_by_alias(cfg.model_name, CHAMPION)
-    except Exception as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
-            return None
-        raise
+    model = _registered_model(cfg)
+    if model is None or CHAMPION not in (model.aliases or {}):
+        return None
+    return client(cfg).get_model_version(cfg.model_name, str(model.aliases[CHAMPION]))
 
 
 def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> dict:
@@ -153,7 +165,7 @@ def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> di
     if str(champion.version) == str(version):
         return {
             "passed": True,
-            "champion_version": champion.version,
+            "champion_version": str(champion.version),
             "reasons": [],
             "checks": [],
             "note": "is champion",
@@ -165,7 +177,7 @@ def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> di
         reason = f"champion version {champion.version} has no kr.student_test_accuracy tag to compare with"
         return {
             "passed": False,
-            "champion_version": champion.version,
+            "champion_version": str(champion.version),
             "checks": [{**check, "passed": False, "reason": reason}],
             "reasons": [reason],
         }
@@ -185,7 +197,7 @@ def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> di
     }
     return {
         "passed": passed,
-        "champion_version": champion.version,
+        "champion_version": str(champion.version),
         "champion_accuracy": best,
         "checks": [check],
         "reasons": [] if passed else [reason],
@@ -214,7 +226,7 @@ def decide(
         if key != "gate.passed":
             c.set_model_version_tag(cfg.model_name, version.version, key, value)
     result["champion_gate"] = verdict | {"evaluated": True}
-    result["previous_champion"] = before.version if before else None
+    result["previous_champion"] = str(before.version) if before else None
     if verdict["passed"]:
         c.set_registered_model_alias(cfg.model_name, CHAMPION, version.version)
         result |= {"alias": CHAMPION, "promoted": True}

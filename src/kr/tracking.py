@@ -149,7 +149,8 @@ def _history_metrics(result: dict) -> Iterable[tuple[str, float, int]]:
     """Per-epoch curves: classifier histories (list of dicts) and the generator's loss curve."""
     for epoch, record in enumerate(result.get("history") or []):
         for key, value in _numeric_leaves(record).items():
-            yield f"epoch.{key}", value, epoch
+            if key != "epoch":
+                yield f"epoch.{key}", value, epoch
     for step, loss in result.get("loss_curve") or []:
         yield "train.loss", float(loss), int(step)
 

@@ -29,6 +29,7 @@ class ClusterSettings:
     memory_request: str = "8G"
     memory_limit: str = "32G"
     retries: int = 2
+    regen_parallelism: int = 0  # regeneration shards at once; 0: all (one GPU each)
     service_account: str = "kr-pipeline-runner"  # least-privilege runner from infra/ (not KFP's default)
     pod_labels: dict[str, str] = field(default_factory=lambda: {"kr.io/pipeline": "knowledge-recycling"})
     runs_pvc: str = "kr-runs"  # a ReadWriteMany claim: every task of a run reads and writes <runs_mount>/<run id>
@@ -80,7 +81,7 @@ def build_pipeline(image: str, cluster: ClusterSettings | None = None, runner: s
     )
     def knowledge_recycling(
         dataset: str = "breastmnist",
-        profile: str = "cpu",
+        profile: str = "gpu",
         overrides: list = [],  # noqa: B006  KFP reads defaults from the signature; never mutated
         config_yaml: str = "",
         gates: dict = {},  # noqa: B006  e.g. {"privacy": {"max_auc": 0.55}}
@@ -128,7 +129,9 @@ def build_pipeline(image: str, cluster: ClusterSettings | None = None, runner: s
             plan = _configure(
                 c.plan_shards(config_json=resolved.outputs["config_json"], data=data), "plan-shards", cluster
             )
-            with dsl.ParallelFor(plan.output, name="regeneration-shards") as shard:
+            with dsl.ParallelFor(
+                plan.output, name="regeneration-shards", parallelism=cluster.regen_parallelism
+            ) as shard:
                 regen = _configure(
                     c.regenerate(
                         run_config=resolved.outputs["run_config"],

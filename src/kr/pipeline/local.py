@@ -70,8 +70,10 @@ def run_local(req: RunRequest, out: Path) -> dict:
     req = replace(req, run_dir=str(out), started_at=req.started_at or datetime.now(UTC).isoformat(timespec="seconds"))
     # use_venv=False: components run in this interpreter, where kr and torch are already installed
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=False)
-    # no retries here: on one machine a failure is not a preempted pod, and retrying bad data only wastes minutes
-    build_pipeline(LOCAL_IMAGE, ClusterSettings(retries=0), runner=RUNNER)(**req.pipeline_arguments())
+    # no retries: on one machine a failure is not a preempted pod, and retrying bad data only wastes minutes; one
+    # shard at a time: two torch processes on a few cores slow each other down several times over
+    local_settings = ClusterSettings(retries=0, regen_parallelism=1)
+    build_pipeline(LOCAL_IMAGE, local_settings, runner=RUNNER)(**req.pipeline_arguments())
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise PipelineFailed(f"the pipeline ended without writing {summary_path}; see the task logs above")

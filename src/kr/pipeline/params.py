@@ -23,7 +23,7 @@ class RunRequest:
     """One pipeline run's parameters, as `kr run`, `kr submit` and the components see them."""
 
     dataset: str = "breastmnist"
-    profile: str = "cpu"
+    profile: str = "laptop"
     overrides: list[str] = field(default_factory=list)
     config_yaml: str = ""
     gates: dict[str, Any] = field(default_factory=dict)

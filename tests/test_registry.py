@@ -1,0 +1,109 @@
+"""Promotion rules on a real embedded MLflow store (SQLite, no server): every student registered, the champion
+moved only by a passing student not worse than the champion beyond the tolerance, registration idempotent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kr import registry
+from kr.classifier import build_classifier, save_classifier
+from kr.config import ClassifierConfig, RunConfig
+from kr.gates import evaluate_gates
+from mlflow import MlflowClient
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> dict:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    student = save_classifier(
+        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 0), tmp_path / "s.pt"
+    )
+    return {"uri": uri, "artifacts": (tmp_path / "artifacts").as_uri(), "student": student}
+
+
+def config(store: dict, run_key: str, tolerance_pp: float = 1.0) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "tracking": {"uri": store["uri"], "artifact_location": store["artifacts"], "model_name": "m"},
+            "run": {"run_key": run_key},
+            "gates": {"champion": {"tolerance_pp": tolerance_pp}},
+        }
+    )
+
+
+def passing_gates(cfg: RunConfig, accuracy: float) -> dict:
+    summary = {
+        "dataset": {"md5": "x", "majority_rate_test": 0.5},
+        "teacher": {"test": {"accuracy": accuracy}},
+        "student": {"test": {"accuracy": accuracy}},
+        "privacy": {
+            "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
+            "memorization": {"near_copy_fraction": 0.0},
+        },
+    }
+    gates = evaluate_gates(summary, cfg)
+    assert gates["passed"]
+    return gates
+
+
+def decide(store: dict, key: str, accuracy: float, promote: bool = True, tolerance_pp: float = 1.0) -> dict:
+    cfg = config(store, key, tolerance_pp)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name("t") or client.get_experiment(
+        client.create_experiment("t", artifact_location=store["artifacts"])
+    )
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    x = np.zeros((2, 1, 28, 28), np.uint8)
+    gates = passing_gates(cfg, accuracy)
+    return registry.decide(cfg, run_id, store["student"], x, gates, accuracy, promote=promote)
+
+
+def champion(store: dict) -> str:
+    return str(MlflowClient(tracking_uri=store["uri"]).get_model_version_by_alias("m", "champion").version)
+
+
+def test_champion_rules_and_tolerance(store: dict) -> None:
+    first = decide(store, "run-1", 0.80)
+    assert first["promoted"] and first["version"] == "1" and champion(store) == "1"
+    # 1.5 points worse with a 1-point tolerance: registered, not promoted
+    worse = decide(store, "run-2", 0.785)
+    assert not worse["promoted"] and worse["version"] == "2" and champion(store) == "1"
+    assert (
+        worse["champion_gate"]["passed"] is False
+        and "beyond the 1 pp tolerance" in worse["champion_gate"]["reasons"][0]
+    )
+    # 0.5 points worse is within the tolerance: promoted
+    close = decide(store, "run-3", 0.795)
+    assert close["promoted"] and champion(store) == "3" and close["previous_champion"] == "1"
+    # gates failed upstream: registered with its verdicts, champion untouched
+    rejected = decide(store, "run-4", 0.99, promote=False)
+    assert not rejected["promoted"] and rejected["version"] == "4" and champion(store) == "3"
+    tags = MlflowClient(tracking_uri=store["uri"]).get_model_version("m", "4").tags
+    assert tags["kr.run_key"] == "run-4" and tags["gate.privacy.verdict"] == "pass"
+    assert tags["gate.privacy.student_strongest_attack_auc.threshold"] == "<= 0.6"
+
+
+def test_registration_is_idempotent_per_run(store: dict) -> None:
+    a = decide(store, "run-1", 0.8)
+    again = decide(store, "run-1", 0.8)  # a retried promote step
+    assert again["version"] == a["version"] == "1"
+    assert len(MlflowClient(tracking_uri=store["uri"]).search_model_versions("name = 'm'")) == 1
+    assert champion(store) == "1"
+
+
+def test_a_champion_without_its_accuracy_is_kept(store: dict) -> None:
+    decide(store, "run-1", 0.8)
+    MlflowClient(tracking_uri=store["uri"]).delete_model_version_tag("m", "1", "kr.student_test_accuracy")
+    challenger = decide(store, "run-2", 0.95)
+    assert not challenger["promoted"] and champion(store) == "1"  # fail closed: no number, no comparison
+
+
+def test_gate_tags_cover_every_check(store: dict) -> None:
+    cfg = config(store, "k")
+    tags = registry.gate_tags(passing_gates(cfg, 0.8))
+    checks = [k for k in tags if k.endswith(".verdict") and k.count(".") == 3]
+    assert len(checks) == 6  # 3 accuracy checks + 3 privacy checks
+    assert all(tags[k.replace(".verdict", ".threshold")] for k in checks)
