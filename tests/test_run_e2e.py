@@ -218,16 +218,16 @@ def test_audit_verify_names_a_record_changed_by_one_byte(embedded, tmp_path: Pat
     trail = tmp_path / "trail"
     shutil.copytree(embedded["trail"], trail)
     ok = kr("audit", "verify", "--uri", str(trail))
-    assert ok.returncode == 0 and "2 record(s)" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "2 record(s)" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
     shown = kr("audit", "show", "--uri", str(trail))
-    assert "promoted" in shown.stdout and "rejected" in shown.stdout
+    assert "promoted" in shown.stdout + shown.stderr and "rejected" in shown.stdout + shown.stderr
     target = trail / "000001.json"
     data = bytearray(target.read_bytes())
     data[data.index(b'"promoted"') + 1] ^= 0x01  # one bit of one byte
     target.chmod(0o644)
     target.write_bytes(bytes(data))
     bad = kr("audit", "verify", "--uri", str(trail))
-    assert bad.returncode == 1 and "000001.json" in bad.stdout, bad.stdout + bad.stderr
+    assert bad.returncode == 1 and "000001.json" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
 
 
 @pytest.mark.e2e
@@ -257,7 +257,8 @@ def test_missing_data_stops_at_validation_with_a_failed_summary_and_record(tmp_p
         str(trail),
     )
     assert result.returncode == 2
-    assert "breastmnist.npz" in result.stdout and "not found" in result.stdout
+    output = result.stdout + result.stderr
+    assert "breastmnist.npz" in output and "not found" in output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "validate_data" in summary["error"]
     assert summary["outcome"] == "failed" and summary["gates"]["passed"] is False
@@ -265,6 +266,25 @@ def test_missing_data_stops_at_validation_with_a_failed_summary_and_record(tmp_p
     assert (out / "report.md").is_file()
     records = [json.loads(p.read_text()) for p in trail.glob("*.json")]
     assert [r["outcome"] for r in records] == ["failed"] and "not found" in records[0]["error"]
+
+
+@pytest.mark.e2e
+def test_failed_expectation_stops_before_training_with_a_readable_list(tmp_path: Path) -> None:
+    from datagen import make_arrays
+
+    arrays = make_arrays(n_train=100, n_val=25, n_test=25, channels=1, n_classes=5)
+    arrays["test_images"][3] = arrays["train_images"][7]  # a test image that is also a training image
+    arrays["test_images"][4] = arrays["train_images"][8]
+    data = write_npz(tmp_path / "leaky.npz", **arrays)
+    out = tmp_path / "run"
+    result = kr("run", "--dataset", str(data), "--profile", "smoke", "--out", str(out))
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "test: 2 images also appear in train" in output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "ValidationFailed" in summary["error"]
+    assert set(summary["timings_s"]) == set() and not list((out / "kfp").rglob("teacher.pt"))
+    assert (out / "validation" / "real" / "index.html").is_file()  # the Data Docs are kept for reading
 
 
 def test_bad_override_fails_before_any_work(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_champion_moves_only_for_the_passing_run(stack) -> None:
 def test_audit_trail_on_s3_verifies_and_names_a_changed_record(stack) -> None:
     env = stack["env"]
     ok = kr("audit", "verify", "--uri", stack["audit"], env=env)
-    assert ok.returncode == 0 and "2 record(s)" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "2 record(s)" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
     client, key = stack["s3"].client(), "audit/000002.json"
     original = client.get_object(Bucket=stack["bucket"], Key=key)["Body"].read()
     changed = bytearray(original)
@@ -72,7 +72,7 @@ def test_audit_trail_on_s3_verifies_and_names_a_changed_record(stack) -> None:
     client.put_object(Bucket=stack["bucket"], Key=key, Body=bytes(changed))
     try:
         bad = kr("audit", "verify", "--uri", stack["audit"], env=env)
-        assert bad.returncode == 1 and "000002.json" in bad.stdout, bad.stdout + bad.stderr
+        assert bad.returncode == 1 and "000002.json" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
     finally:
         client.put_object(Bucket=stack["bucket"], Key=key, Body=original)
 
@@ -82,6 +82,7 @@ def test_served_champion_answers_a_real_test_image(stack) -> None:
 
     port = free_port()
     env = clean_env({**stack["env"], "MLFLOW_TRACKING_URI": stack["uri"]})
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"  # mlflow starts `uvicorn` by name: the venv's, as `kr serve` does
     cmd = [
         str(BIN / "mlflow"),
         "models",

@@ -330,6 +330,8 @@ def serve(
     import sys
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or default_tracking_uri()}
+    # mlflow starts its scoring server as `uvicorn` by name: make it this environment's
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [
         sys.executable,
         "-m",

@@ -8,6 +8,7 @@ process, in a local KFP subprocess or in a pod.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -85,11 +86,16 @@ def train_teacher(cfg: RunConfig, run_dir: Path, data_dir: Path, teacher_dir: Pa
 
 
 def train_generator(cfg: RunConfig, run_dir: Path, data_dir: Path, generator_dir: Path) -> dict:
+    """Train in the run folder, which outlives a task (a shared volume on a cluster), so a killed or retried run
+    resumes from its last checkpoint; the task's artifact gets a copy without the optimiser state."""
+
     def step() -> dict:
         data = load_saved_dataset(data_dir)
-        return gen.train_generator(
-            data.x_train, data.y_train, data.info.n_classes, cfg.generator, generator_dir, cfg.seed
-        )
+        work = Path(run_dir) / "steps" / "generator"
+        result = gen.train_generator(data.x_train, data.y_train, data.info.n_classes, cfg.generator, work, cfg.seed)
+        if Path(generator_dir).resolve() != work.resolve():
+            shutil.copytree(work, generator_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.pt"))
+        return result
 
     return _tracked(cfg, run_dir, "train_generator", step, lambda r: [Path(generator_dir) / "spec.json"])
 
@@ -238,8 +244,9 @@ def finalize(
 
     run_dir = Path(run_dir)
     failure = run_dir / "failure.json"
-    if failure.exists() and not error:
-        error = json.loads(failure.read_text())["error"]
+    if failure.exists():  # the failed step's own words beat the orchestrator's "task X failed"
+        failed_step = json.loads(failure.read_text())
+        error = f"step {failed_step['step']} failed: {failed_step['error']}"
     failed = error is not None or failure.exists()
     status = "failed" if failed else "succeeded"
     audit = promotion.record_failure(cfg, run_dir, started_at, error) if failed or cfg.audit.uri else None
