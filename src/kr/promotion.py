@@ -98,13 +98,18 @@ def conclude(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str, pro
             gates,
             student["result"]["test"]["accuracy"],
             promote=promote and bool(gates.get("passed")),
+            move_alias=False,
         )
         gates["champion"] = registry_block.pop("champion_gate")
     else:
         gates["champion"] = {"passed": False, "evaluated": False, "reasons": ["no tracking URI: no registry"]}
     gates["passed"] = bool(gates.get("passed")) and gates["champion"]["passed"]
     outcome = "promoted" if registry_block and registry_block["promoted"] else "rejected"
+    # the record first, then the alias: no model becomes champion without its audit record (a failure in between
+    # leaves a record of a promotion that did not happen, never a champion nobody recorded)
     audit = append_audit(cfg, run_dir, audit_body(cfg, run_dir, outcome, registry_block, gates, started_at))
+    if registry_block and registry_block["promoted"]:
+        registry.set_champion(cfg, registry_block["version"])
     if audit and registry_block:
         registry.tag_audit(cfg, registry_block["version"], audit)
     return {"outcome": outcome, "registry": registry_block, "gates": gates, "audit": audit}

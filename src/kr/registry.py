@@ -205,9 +205,19 @@ def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> di
 
 
 def decide(
-    cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray, gates: dict, accuracy: float, promote: bool
+    cfg: RunConfig,
+    run_id: str,
+    student_path: Path,
+    example: np.ndarray,
+    gates: dict,
+    accuracy: float,
+    promote: bool,
+    move_alias: bool = True,
 ) -> dict:
-    """Register the student with its gate tags; move `champion` to it only when promote and the champion gate pass."""
+    """Register the student with its gate tags; `champion` goes to it only when promote and the champion gate pass.
+
+    With move_alias=False the decision is made but the alias left to the caller, which records it first.
+    """
     base_tags = {"kr.student_test_accuracy": f"{accuracy:.6f}", "kr.config_digest": cfg.digest()}
     version = register(cfg, run_id, student_path, example, base_tags | gate_tags(gates))
     result = {"model_name": cfg.model_name, "version": str(version.version), "alias": None, "promoted": False}
@@ -228,9 +238,14 @@ def decide(
     result["champion_gate"] = verdict | {"evaluated": True}
     result["previous_champion"] = str(before.version) if before else None
     if verdict["passed"]:
-        c.set_registered_model_alias(cfg.model_name, CHAMPION, version.version)
         result |= {"alias": CHAMPION, "promoted": True}
+        if move_alias:
+            set_champion(cfg, result["version"])
     return result
+
+
+def set_champion(cfg: RunConfig, version: str) -> None:
+    client(cfg).set_registered_model_alias(cfg.model_name, CHAMPION, version)
 
 
 def tag_audit(cfg: RunConfig, version: str, entry: dict) -> None:

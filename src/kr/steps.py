@@ -41,7 +41,9 @@ def _tracked(
         result = timed_step(run_dir, name, fn)
     except Exception as exc:
         try:
-            tracking.log_step(cfg, run_dir, name, None, 0.0, error=f"{type(exc).__name__}: {exc}")
+            # what a failed step left behind (e.g. the Data Docs of a failed validation) is worth keeping too
+            left = [p for p in _paths(artifacts) if Path(p).exists()]
+            tracking.log_step(cfg, run_dir, name, None, 0.0, left, error=f"{type(exc).__name__}: {exc}")
         except Exception as secondary:  # never let bookkeeping hide the error that matters
             tracking.log.warning("could not track the failed step %s: %s", name, secondary)
         raise
@@ -51,6 +53,13 @@ def _tracked(
     if run_id:
         write_json(path, record | {"mlflow_run_id": run_id})
     return result
+
+
+def _paths(artifacts: Callable[[dict], Iterable[Path]]) -> list[Path]:
+    try:
+        return list(artifacts({}))
+    except (KeyError, TypeError):  # the step's artifacts are named by a result it never produced
+        return []
 
 
 def validate_data(cfg: RunConfig, run_dir: Path, data_dir: Path, docs_dir: Path) -> dict:
