@@ -78,7 +78,18 @@ def append_audit(cfg: RunConfig, run_dir: Path, body: dict) -> dict | None:
     if entry is None:
         entry = trail.append(body)
     write_json(Path(run_dir) / AUDIT_COPY, trail.get(entry["record_id"]))
-    return {k: entry[k] for k in ("record_id", "record_hash", "previous_hash", "sequence")} | {"uri": cfg.audit.uri}
+    return _reference(entry, cfg.audit.uri)
+
+
+def _reference(record: dict, uri: str | None) -> dict:
+    """What the summary and the registry keep of a record: enough to find it and check it."""
+    return {k: record[k] for k in ("record_id", "record_hash", "previous_hash", "sequence")} | {"uri": uri}
+
+
+def recorded(cfg: RunConfig, run_dir: Path) -> dict | None:
+    """The reference to the audit record this run already wrote, if any."""
+    copy = Path(run_dir) / AUDIT_COPY
+    return _reference(json.loads(copy.read_text()), cfg.audit.uri) if copy.exists() else None
 
 
 def conclude(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str, promote: bool) -> dict:
@@ -117,12 +128,8 @@ def conclude(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str, pro
 
 def record_failure(cfg: RunConfig, run_dir: Path, started_at: str, error: str | None) -> dict | None:
     """A failed run's audit record (the exit handler's job); a run that already concluded keeps its record."""
-    copy = Path(run_dir) / AUDIT_COPY
-    if copy.exists():
-        record = json.loads(copy.read_text())
-        return {k: record[k] for k in ("record_id", "record_hash", "previous_hash", "sequence")} | {
-            "uri": cfg.audit.uri
-        }
-    records = read_records(run_dir)
-    gates = _result(records, "evaluate_gates")
+    existing = recorded(cfg, run_dir)
+    if existing:
+        return existing
+    gates = _result(read_records(run_dir), "evaluate_gates")
     return append_audit(cfg, run_dir, audit_body(cfg, run_dir, "failed", None, gates, started_at, error))

@@ -258,7 +258,8 @@ def finalize(
         error = f"step {failed_step['step']} failed: {failed_step['error']}"
     failed = error is not None or failure.exists()
     status = "failed" if failed else "succeeded"
-    audit = promotion.record_failure(cfg, run_dir, started_at, error) if failed or cfg.audit.uri else None
+    # only a failed run gets its record here; a concluded one wrote it in promote / record-rejection
+    audit = promotion.record_failure(cfg, run_dir, started_at, error) if failed else promotion.recorded(cfg, run_dir)
     summary = finalize_run(run_dir, cfg, profile, runner, started_at, wall_s, status=status, error=error, audit=audit)
     artifacts = [run_dir / n for n in ("summary.json", "report.md", "samples.png", "selection.png")]
     artifacts += [Path(summary["artifacts"].get("mia_roc") or run_dir / "missing"), run_dir / promotion.AUDIT_COPY]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,6 @@ def client(cfg: RunConfig):
 
 def code_version() -> str:
     """kr's version and, from a git checkout, the commit (images record theirs at build time in KR_GIT_COMMIT)."""
-    import os
-
     import kr
 
     commit = os.environ.get("KR_GIT_COMMIT", "")
@@ -168,8 +168,6 @@ def log_step(
     parent = parent_run_id(run_dir)
     if not (enabled(cfg) and parent):
         return None
-    import time
-
     from mlflow.entities import Metric
 
     c = client(cfg)
@@ -217,8 +215,6 @@ def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Itera
         .get("auc"),
         "total_wall_s": summary.get("total_wall_s"),
     }
-    import time
-
     now = int(time.time() * 1000)
     c.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in _numeric_leaves(headline).items()])
     for path in artifacts:
