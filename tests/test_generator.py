@@ -117,3 +117,33 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     b = load_generator(tmp_path / "straight/checkpoints/step-000120").state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must end with the weights of an unbroken one"
+
+
+def test_min_snr_weighting_follows_the_paper_for_epsilon_and_v() -> None:
+    """Hang et al. 2023: epsilon targets weigh min(SNR, g) / SNR, v targets min(SNR, g) / (SNR + 1)."""
+    from diffusers.training_utils import compute_snr
+
+    from kr.generator import _loss, build_noise_scheduler
+
+    t = torch.tensor([5, 500, 990])
+    pred, target = torch.ones(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)  # per-sample squared error 1
+    for prediction_type, extra in (("epsilon", 0.0), ("v_prediction", 1.0)):
+        cfg = GeneratorConfig(prediction_type=prediction_type, snr_gamma=5.0)
+        sched = build_noise_scheduler(cfg)
+        snr = compute_snr(sched, t)
+        expected = (torch.clamp(snr, max=5.0) / (snr + extra)).mean()
+        assert _loss(pred, target, t, sched, cfg).item() == pytest.approx(expected.item(), rel=1e-5)
+        plain = GeneratorConfig(prediction_type=prediction_type)
+        assert _loss(pred, target, t, sched, plain).item() == pytest.approx(1.0)
+
+
+def test_sampler_clips_the_clean_image_estimate_by_default(tmp_path: Path) -> None:
+    """Without clipping, an epsilon model's x0 estimate at high noise is amplified ~160x and the samples saturate."""
+    from kr.generator import build_noise_scheduler
+
+    build_noise_scheduler(GeneratorConfig()).save_pretrained(tmp_path / "scheduler")
+    assert SamplerConfig().clip_denoised
+    for scheduler, key in (("dpmsolver++", "thresholding"), ("ddim", "clip_sample")):
+        on = sampling_scheduler(tmp_path, SamplerConfig(scheduler=scheduler))
+        off = sampling_scheduler(tmp_path, SamplerConfig(scheduler=scheduler, clip_denoised=False))
+        assert on.config[key] is True and off.config[key] is False

@@ -66,7 +66,7 @@ def test_pool_and_shard_arithmetic() -> None:
     assert len(np.unique(flat)) == 100  # disjoint: each epoch sees images no other epoch saw
 
 
-def test_selection_prefers_best_cas_then_cheaper_guidance_then_later_checkpoint() -> None:
+def test_selection_prefers_best_cas_then_agreement_then_cheaper_guidance_then_later_checkpoint() -> None:
     cell = lambda step, w, cas, agree=0.5: {
         "step": step,
         "guidance_scale": w,
@@ -79,5 +79,7 @@ def test_selection_prefers_best_cas_then_cheaper_guidance_then_later_checkpoint(
         cell(1000, 1.0, 0.876, agree=0.82),
         cell(500, 1.0, 0.876),
     ]
-    assert choose(grid) == cell(1000, 1.0, 0.876, agree=0.82)
+    assert choose(grid) == cell(1000, 2.0, 0.876, agree=0.88)
+    # equal agreement: the cheaper scale, then the later checkpoint
+    assert choose(grid[2:] + [cell(1000, 2.0, 0.876, agree=0.82)]) == cell(1000, 1.0, 0.876, agree=0.82)
     assert choose([cell(500, 1.0, 0.7), cell(500, 3.0, 0.9)])["guidance_scale"] == 3.0

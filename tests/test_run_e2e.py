@@ -70,6 +70,11 @@ def check_summary(out: Path, n_classes: int) -> dict:
     grid = summary["generator"]["selection"]
     assert len(grid) == cfg["selection"]["checkpoints"] * len(cfg["selection"]["guidance_scales"])
     assert summary["generator"]["checkpoint"] in {g["checkpoint"] for g in grid}
+    # fidelity of every cell, of the chosen one (with per class) and of the regenerated pool
+    fidelity_keys = {"teacher_agreement", "broken_fraction", "frechet_distance", "precision", "recall"}
+    assert all(fidelity_keys <= g.keys() for g in grid)
+    assert fidelity_keys | {"per_class"} <= summary["generator"]["fidelity"].keys()
+    assert 0.0 <= summary["regeneration"]["broken_fraction"] <= 1.0
     # the pool is class-balanced (+-1 per shard), one ParallelFor task per shard
     shards = summary["regeneration"]["shards"]
     assert len(shards) == cfg["gkd"]["shards"]

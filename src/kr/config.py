@@ -67,10 +67,16 @@ class GeneratorConfig(Strict):
     num_train_timesteps: int = Field(1000, ge=10)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    snr_gamma: float | None = Field(
+        None, gt=0, description="min-SNR-gamma loss weighting (Hang et al. 2023; 5 in the paper); None: plain MSE"
+    )
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1, description="EMA weights kept for checkpoint selection")
     hflip: bool = True
     bf16: bool | Literal["auto"] = "auto"
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the UNet for training; auto: on CUDA only (minutes to compile on a CPU)"
+    )
 
     @model_validator(mode="after")
     def _levels_match(self) -> GeneratorConfig:
@@ -83,9 +89,19 @@ class GeneratorConfig(Strict):
 
 class SamplerConfig(Strict):
     scheduler: Literal["dpmsolver++", "ddim"] = "dpmsolver++"
-    steps: int = Field(15, ge=1)
-    batch_size: int = Field(128, ge=1)
-    bf16: bool | Literal["auto"] = "auto"
+    steps: int = Field(15, ge=1, description="denoising steps per image (network evaluations, x2 with guidance)")
+    solver_order: int = Field(2, ge=1, le=3, description="DPM-Solver++ order (multistep)")
+    timestep_spacing: Literal["trailing", "linspace", "leading"] = Field(
+        "trailing", description="where the sampling steps fall; trailing starts at the last training timestep"
+    )
+    clip_denoised: bool = Field(
+        True, description="clip each step's clean-image estimate to the data range; off lets a sampler diverge"
+    )
+    batch_size: int = Field(128, ge=1, description="images per UNet call (x2 with guidance, one fused batch)")
+    bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto: where the hardware runs it fast")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the UNet (CUDA graphs on a GPU); auto: on CUDA only, where it pays"
+    )
 
 
 class SelectionConfig(Strict):
@@ -183,6 +199,13 @@ class ValidationConfig(Strict):
         ge=0,
         le=1,
         description="share of val+test images allowed to be byte-identical to a training image (reported as warnings)",
+    )
+    max_broken_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of synthetic samples allowed outside the envelope of real images' statistics "
+        "(kr.fidelity); selection sets aside (checkpoint, scale) cells above it, and a shard above it fails",
     )
     max_class_imbalance: float = Field(
         0.0,

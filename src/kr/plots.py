@@ -50,17 +50,23 @@ def sample_grid(
 
 
 def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
-    """Validation CAS for every (checkpoint, guidance scale) cell; the chosen cell is outlined."""
+    """Validation CAS (colour) for every (checkpoint, guidance scale) cell, with its teacher agreement and broken
+    share written in the cell; the chosen cell is outlined."""
     ckpts = sorted({g["checkpoint"] for g in grid})
     scales = sorted({g["guidance_scale"] for g in grid})
     values = np.full((len(ckpts), len(scales)), np.nan)
+    notes = np.full((len(ckpts), len(scales)), "", dtype=object)
     for g in grid:
-        values[ckpts.index(g["checkpoint"]), scales.index(g["guidance_scale"])] = g["val_cas"]
-    fig, ax = plt.subplots(figsize=(1.4 * len(scales) + 2.5, 0.6 * len(ckpts) + 1.6))
+        i, j = ckpts.index(g["checkpoint"]), scales.index(g["guidance_scale"])
+        values[i, j] = g["val_cas"]
+        notes[i, j] = f"CAS {g['val_cas']:.3f}\nagree {g['teacher_agreement']:.2f}"
+        if g.get("broken_fraction") is not None:
+            notes[i, j] += f"\nbroken {g['broken_fraction']:.0%}"
+    fig, ax = plt.subplots(figsize=(1.6 * len(scales) + 2.5, 0.9 * len(ckpts) + 1.6))
     im = ax.imshow(values, cmap="viridis", aspect="auto")
     for i in range(len(ckpts)):
         for j in range(len(scales)):
-            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
+            ax.text(j, i, notes[i, j], ha="center", va="center", color="w", fontsize=8)
     ax.add_patch(
         plt.Rectangle(
             (scales.index(chosen["guidance_scale"]) - 0.5, ckpts.index(chosen["checkpoint"]) - 0.5),
@@ -73,7 +79,7 @@ def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
     )
     ax.set_xticks(range(len(scales)), [f"w={s:g}" for s in scales])
     ax.set_yticks(range(len(ckpts)), ckpts)
-    ax.set_title("validation CAS by checkpoint and guidance scale", fontsize=10)
+    ax.set_title("validation CAS and fidelity by checkpoint and guidance scale", fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return _save(fig, path)

@@ -13,6 +13,8 @@ import numpy as np
 
 from kr.classifier import load_classifier, predict_logits
 from kr.config import SamplerConfig
+from kr.data import Dataset
+from kr.fidelity import FIDELITY_KEYS, fidelity, real_reference
 from kr.generator import balanced_labels, load_generator, sample, sampling_scheduler
 from kr.runtime import derive_seed
 
@@ -39,8 +41,11 @@ def regenerate_shard(
     shard: int,
     seed: int,
     out_path: Path,
+    data: Dataset | None = None,
 ) -> dict:
-    """Draw one shard and write it as .npz: images (uint8 N,C,H,W), gen_labels, teacher_logits."""
+    """Draw one shard and write it as .npz: images (uint8 N,C,H,W), gen_labels (int64 N), teacher_logits
+    (float32 N,K). With `data`, the shard's fidelity against real val is measured (`kr.fidelity`) and returned
+    under "fidelity"; its teacher agreement is always returned."""
     unet = load_generator(Path(gen_dir) / "checkpoints" / checkpoint)
     n_classes = unet.config.num_class_embeds - 1
     labels = balanced_labels(n_images, n_classes, offset=shard)
@@ -53,7 +58,8 @@ def regenerate_shard(
         derive_seed(seed, "regenerate", shard),
         f"regenerate shard {shard}",
     )
-    logits = predict_logits(load_classifier(teacher_path), images)
+    teacher = load_classifier(teacher_path)
+    logits = predict_logits(teacher, images)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "wb") as f:  # a file handle: np.savez would append .npz to a bare path
@@ -66,7 +72,13 @@ def regenerate_shard(
         "n": int(len(images)),
         "class_counts": np.bincount(labels, minlength=n_classes).tolist(),
         "teacher_agreement": float((logits.argmax(1) == labels).mean()),
+        "fidelity": None if data is None else _fidelity(teacher, data, images, labels),
     }
+
+
+def _fidelity(teacher, data: Dataset, images: np.ndarray, labels: np.ndarray) -> dict:
+    measured = fidelity(teacher, real_reference(teacher, data.x_train, data.x_val, data.y_val), images, labels)
+    return {k: measured[k] for k in FIDELITY_KEYS}
 
 
 def load_pool(paths: list[Path]) -> dict[str, np.ndarray]:

@@ -146,22 +146,41 @@ def _model_lines(summary: dict) -> list[str]:
         "",
         f"CAS gap (student minus teacher): **{summary['cas_gap_pp']:+.2f} pp**.",
         "",
-        "## Generator selection (validation CAS)",
+        "## Generator selection and fidelity",
         "",
-        f"Chosen: `{g['checkpoint']}` with guidance scale {g['guidance_scale']:g}.",
+        f"Chosen: `{g['checkpoint']}` with guidance scale {g['guidance_scale']:g}: the best validation CAS among cells "
+        "whose broken share is within `validation.max_broken_fraction`; ties go to the higher teacher agreement.",
+        "Fidelity is measured against real val: teacher agreement (the teacher assigns the sample to the class it was "
+        "drawn for), broken share (outside the envelope of real images' statistics), Frechet distance (FD) and "
+        "precision/recall in the teacher's feature space.",
         "",
-        "| checkpoint | guidance | val CAS | teacher agrees with label |",
-        "| --- | --- | --- | --- |",
+        "| checkpoint | guidance | val CAS | teacher agreement | broken | FD | precision | recall |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *(
-            f"| {c['checkpoint']} | {c['guidance_scale']:g} | {_pct(c['val_cas'])} | {_pct(c['teacher_agreement'])} |"
+            f"| {c['checkpoint']} | {c['guidance_scale']:g} | {_pct(c['val_cas'])} | {_pct(c['teacher_agreement'])} | "
+            f"{_pct(c.get('broken_fraction'))} | {_num(c.get('frechet_distance'))} | {_pct(c.get('precision'))} | "
+            f"{_pct(c.get('recall'))} |"
             for c in g["selection"]
         ),
         "",
+        *_pool_lines(summary.get("regeneration")),
         "![selection](selection.png)",
         "",
         "## Samples",
         "",
         "![samples](samples.png)",
+        "",
+    ]
+
+
+def _pool_lines(regeneration: dict | None) -> list[str]:
+    if not regeneration:
+        return []
+    broken = regeneration.get("broken_fraction")
+    return [
+        f"Regenerated pool: {regeneration['images']} images at guidance {regeneration['guidance_scale']:g}, teacher "
+        f"agreement {_pct(regeneration['teacher_agreement'])}"
+        + (f", broken {_pct(broken)}." if broken is not None else "."),
         "",
     ]
 

@@ -2,6 +2,8 @@
 
 Validation CAS: a quick classifier trained only on a class-balanced synthetic set with the generator's labels,
 scored on the real validation split. Every cell uses the same noise, so cells differ only by what is tuned.
+Every cell's fidelity is measured too (`kr.fidelity`: teacher agreement, broken share, Frechet distance and
+precision/recall in the teacher's feature space, against real val), and it takes part in the choice (`choose`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from kr.classifier import build_classifier, fit, load_classifier, predict_logits
 from kr.config import SamplerConfig, SelectionConfig
 from kr.data import Dataset
+from kr.fidelity import FIDELITY_KEYS, fidelity, real_reference
 from kr.generator import (
     GeneratorError,
     balanced_labels,
@@ -26,10 +29,19 @@ from kr.metrics import classification_metrics
 from kr.runtime import derive_seed
 
 
-def choose(grid: list[dict]) -> dict:
-    """The cell with the best validation CAS. Ties go to the smaller scale (guidance doubles the sampling cost of the
-    whole GKD pool, and unguided samples are more diverse), then to the later checkpoint."""
-    return max(grid, key=lambda g: (g["val_cas"], -g["guidance_scale"], g["step"], g["teacher_agreement"]))
+def choose(grid: list[dict], max_broken_fraction: float = 1.0) -> dict:
+    """The cell to regenerate with.
+
+    Cells whose broken share exceeds `max_broken_fraction` are set aside unless every cell does (then the least
+    broken are kept, and the shard checks decide). Among the rest: the best validation CAS; ties (val CAS moves in
+    steps of one val image) go to the higher teacher agreement, then to the smaller scale (guidance doubles the
+    sampling cost of the whole GKD pool, and unguided samples are more diverse), then to the later checkpoint.
+    """
+    fine = [g for g in grid if g.get("broken_fraction", 0.0) <= max_broken_fraction]
+    if not fine:
+        least = min(g.get("broken_fraction", 0.0) for g in grid)
+        fine = [g for g in grid if g.get("broken_fraction", 0.0) == least]
+    return max(fine, key=lambda g: (g["val_cas"], g["teacher_agreement"], -g["guidance_scale"], g["step"]))
 
 
 def select_generator(
@@ -40,13 +52,21 @@ def select_generator(
     sampler: SamplerConfig,
     out_dir: Path,
     seed: int,
+    max_broken_fraction: float = 1.0,
 ) -> dict:
+    """Score every (checkpoint, guidance scale) cell of the latest `cfg.checkpoints` checkpoints and choose one.
+
+    Writes `selection.json` and `selection_samples.npz` (the chosen cell's uint8 (N, C, H, W) samples) to
+    `out_dir`; returns the chosen cell, its fidelity, and the grid (one row per cell: val CAS, val CAS AUC and
+    the fidelity measures of `kr.fidelity.FIDELITY_KEYS`). Raises GeneratorError when there is no checkpoint.
+    """
     checkpoints = list_checkpoints(gen_dir)[-cfg.checkpoints :]
     if not checkpoints:
         raise GeneratorError(f"no generator checkpoints under {gen_dir}; train the generator first")
     n_classes = data.info.n_classes
     labels = balanced_labels(cfg.images_per_class * n_classes, n_classes)
     teacher = load_classifier(teacher_path)
+    reference = real_reference(teacher, data.x_train, data.x_val, data.y_val)
     noise_seed = derive_seed(seed, "selection")
     grid, previews = [], {}
     for ckpt in checkpoints:
@@ -64,7 +84,7 @@ def select_generator(
                 f"val CAS {ckpt.name} w={scale:g}",
             )
             val = classification_metrics(predict_logits(quick, data.x_val), data.y_val)
-            agreement = float((predict_logits(teacher, images).argmax(1) == labels).mean())
+            fid = fidelity(teacher, reference, images, labels)
             grid.append(
                 {
                     "checkpoint": ckpt.name,
@@ -72,11 +92,12 @@ def select_generator(
                     "guidance_scale": scale,
                     "val_cas": val["accuracy"],
                     "val_cas_auc": val["auc"],
-                    "teacher_agreement": agreement,
+                    **{k: fid[k] for k in FIDELITY_KEYS},
+                    "per_class": fid["per_class"],
                 }
             )
             previews[(ckpt.name, scale)] = images
-    best = choose(grid)
+    best = choose(grid, max_broken_fraction)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -87,7 +108,10 @@ def select_generator(
         "checkpoint_path": str(Path(gen_dir) / "checkpoints" / best["checkpoint"]),
         "guidance_scale": best["guidance_scale"],
         "val_cas": best["val_cas"],
-        "selection": grid,
+        "fidelity": {k: best[k] for k in (*FIDELITY_KEYS, "per_class")},
+        "envelope": reference.envelope.to_dict(),
+        "envelope_false_positive_rate": reference.envelope_false_positive_rate,
+        "selection": [{k: v for k, v in g.items() if k != "per_class"} for g in grid],
     }
     (out_dir / "selection.json").write_text(json.dumps(result, indent=2))
     return result

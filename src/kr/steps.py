@@ -17,6 +17,7 @@ from kr import privacy, promotion, selection, student, teacher, tracking
 from kr import regenerate as regen
 from kr.config import RunConfig
 from kr.data import load_dataset, load_saved_dataset, save_dataset
+from kr.fidelity import fit_envelope
 from kr.gates import evaluate_gates as gate_verdicts
 from kr.metrics import majority_rate
 from kr.records import read_records, timed_step, write_json
@@ -124,6 +125,7 @@ def select_generator(
             cfg.sampler,
             selection_dir,
             cfg.seed,
+            cfg.validation.max_broken_fraction,
         ),
         lambda _r: [Path(selection_dir) / SELECTION_FILE],
     )
@@ -154,6 +156,7 @@ def regenerate(
     def step() -> dict:
         from kr.validation import validate_shard
 
+        data = load_saved_dataset(data_dir)
         result = regen.regenerate_shard(
             generator_dir,
             chosen["checkpoint"],
@@ -164,10 +167,17 @@ def regenerate(
             shard,
             cfg.seed,
             shard_path,
+            data=data,
         )
-        info = json.loads((Path(data_dir) / "info.json").read_text())
         docs = Path(run_dir) / "validation" / f"shard-{shard:03d}"
-        report = validate_shard(Path(shard_path), info["n_classes"], cfg.validation, docs, channels=info["channels"])
+        report = validate_shard(
+            Path(shard_path),
+            data.info.n_classes,
+            cfg.validation,
+            docs,
+            channels=data.info.channels,
+            envelope=fit_envelope(data.x_train),
+        )
         return result | {"expectations": report}
 
     return _tracked(

@@ -133,6 +133,7 @@ def build_summary(
                 "checkpoint": selection["checkpoint"],
                 "guidance_scale": selection["guidance_scale"],
                 "val_cas": selection["val_cas"],
+                "fidelity": selection.get("fidelity"),
                 "selection": selection["selection"],
                 "training": {k: generator[k] for k in ("steps", "resumed_from", "params", "final_loss")}
                 if generator
@@ -145,10 +146,12 @@ def build_summary(
             {
                 "images": sum(s["n"] for s in shards),
                 "guidance_scale": shards[0]["guidance_scale"],
-                "shards": [{k: s[k] for k in ("shard", "n", "class_counts", "teacher_agreement")} for s in shards],
-                "teacher_agreement": float(
-                    np.average([s["teacher_agreement"] for s in shards], weights=[s["n"] for s in shards])
-                ),
+                "shards": [
+                    {k: s.get(k) for k in ("shard", "n", "class_counts", "teacher_agreement", "fidelity")}
+                    for s in shards
+                ],
+                "teacher_agreement": _pooled(shards, "teacher_agreement"),
+                "broken_fraction": _pooled(shards, "broken_fraction"),
             }
             if shards
             else None
@@ -204,6 +207,14 @@ def finalize_run(
     write_json(run_dir / "summary.json", summary)
     write_report(summary, run_dir / "report.md")
     return summary
+
+
+def _pooled(shards: list[dict], key: str) -> float | None:
+    """Image-weighted mean of a per-shard fraction over the whole pool (None when a shard lacks it)."""
+    values = [(s.get("fidelity") or {}).get(key, s.get(key)) for s in shards]
+    if any(v is None for v in values):
+        return None
+    return float(np.average(values, weights=[s["n"] for s in shards]))
 
 
 def _plots(run_dir: Path, records: dict) -> dict[str, str]:

@@ -202,6 +202,8 @@ def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Itera
     from mlflow.entities import Metric
 
     c = client(cfg)
+    fidelity = (summary.get("generator") or {}).get("fidelity") or {}
+    pool = summary.get("regeneration") or {}
     headline = {
         "teacher_test_accuracy": (summary.get("teacher") or {}).get("test", {}).get("accuracy"),
         "student_test_accuracy": (summary.get("student") or {}).get("test", {}).get("accuracy"),
@@ -213,6 +215,9 @@ def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Itera
         "teacher_strongest_mia_auc": ((summary.get("privacy") or {}).get("teacher") or {})
         .get("strongest", {})
         .get("auc"),
+        **{f"generator_{k}": v for k, v in fidelity.items() if k != "per_class"},
+        "pool_teacher_agreement": pool.get("teacher_agreement"),
+        "pool_broken_fraction": pool.get("broken_fraction"),
         "total_wall_s": summary.get("total_wall_s"),
     }
     now = int(time.time() * 1000)

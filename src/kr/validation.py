@@ -21,13 +21,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kr.config import ValidationConfig
 from kr.data import IMAGE_SIZE, SPLITS, Dataset
+
+if TYPE_CHECKING:
+    from kr.fidelity import Envelope
 
 REPORT_FILE = "validation.json"
 DOCS_SITE = "kr"
@@ -124,7 +127,9 @@ def class_count_table(data: Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["split", "label", "class_name", "count"])
 
 
-def _shard_tables(images: np.ndarray, labels: np.ndarray, logits: np.ndarray, n_classes: int) -> list[pd.DataFrame]:
+def _shard_tables(
+    images: np.ndarray, labels: np.ndarray, logits: np.ndarray, n_classes: int, envelope: Envelope | None = None
+) -> list[pd.DataFrame]:
     n, c, h, w = images.shape
     table = pd.DataFrame(
         {
@@ -137,6 +142,8 @@ def _shard_tables(images: np.ndarray, labels: np.ndarray, logits: np.ndarray, n_
             **_pixel_stats(images),
             "logit_count": logits.shape[1],
             "logits_finite": np.isfinite(logits).all(axis=1) if n else np.zeros(0, bool),
+            # outside the envelope of real images' statistics (kr.fidelity); False when no envelope is given
+            "broken": envelope.broken(images) if envelope is not None else np.zeros(n, bool),
         }
     )
     valid = labels[(labels >= 0) & (labels < n_classes)].astype(np.int64)
@@ -397,6 +404,14 @@ def _shard_checks(
     def width_msg(res: dict) -> list[str]:
         return [f"teacher_logits: {', '.join(_values(res))} columns; expected {n_classes}, one per class"]
 
+    def broken_msg(res: dict) -> list[str]:
+        rows = res.get("unexpected_index_list", [])
+        return [
+            f"images: {len(rows)} of {n} samples ({len(rows) / max(n, 1):.0%}) are broken (outside the envelope of "
+            f"real images' statistics: saturated, flat or noise); allowed up to "
+            f"validation.max_broken_fraction={cfg.max_broken_fraction:g} ({_where(rows)})"
+        ]
+
     def balance_msg(res: dict) -> list[str]:
         return [
             f"gen_labels: class {r['label']} has {_images(int(r['count']))}; expected {lo} to {hi} "
@@ -419,6 +434,15 @@ def _shard_checks(
                 column="logits_finite", value_set=[True], description="every teacher logit is finite"
             ),
             finite_msg,
+        ),
+        _Check(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="broken",
+                value_set=[False],
+                mostly=1.0 - cfg.max_broken_fraction,
+                description="samples lie inside the envelope of real images' statistics",
+            ),
+            broken_msg,
         ),
     ]
     count_checks = [
@@ -621,18 +645,21 @@ def validate_shard(
     docs_dir: Path,
     *,
     channels: int | None = None,
+    envelope: Envelope | None = None,
     raise_on_failure: bool = True,
 ) -> dict:
     """Validate one regeneration shard (.npz: images, gen_labels, teacher_logits); same outputs as validate_real.
 
     channels: the real data's channel count when known; otherwise 1 or 3 are accepted.
+    envelope: the real images' envelope (`kr.fidelity.fit_envelope`); with it, a shard whose share of broken
+    samples exceeds `cfg.max_broken_fraction` fails.
     """
     path, docs_dir = Path(path), Path(docs_dir)
     subject = f"shard.{path.stem}"
     arrays, problems = _read_shard(path)
     if problems:
         return _finish(_refused(subject, problems), docs_dir, f"shard {path}", raise_on_failure)
-    tables = _shard_tables(arrays["images"], arrays["gen_labels"], arrays["teacher_logits"], n_classes)
+    tables = _shard_tables(arrays["images"], arrays["gen_labels"], arrays["teacher_logits"], n_classes, envelope)
     report = _run(subject, _shard_checks(*tables, n_classes, channels, cfg), docs_dir)
     report["path"] = str(path)
     report["class_counts"] = tables[1]["count"].tolist()

@@ -127,6 +127,7 @@ def select_generator(
     )
     selection.metadata.update(
         {"checkpoint": r["checkpoint"], "guidance_scale": r["guidance_scale"], "val_cas": r["val_cas"]}
+        | {k: v for k, v in r["fidelity"].items() if k != "per_class"}
     )
 
 
@@ -165,7 +166,7 @@ def regenerate(
         Path(selection.path),
         Path(shard_data.path),
     )
-    shard_data.metadata.update({"shard": shard, "n": r["n"], "teacher_agreement": r["teacher_agreement"]})
+    shard_data.metadata.update({"shard": shard, "n": r["n"]} | (r["fidelity"] or {}))
 
 
 def train_student(
