@@ -16,6 +16,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--data-root", default=None)
     p.add_argument("--set", action="append", help="KEY=VALUE passed to every run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per dataset and seed (`seed=`)")
     p.add_argument("--out", default="runs/benchmarks")
     p.add_argument("--runs", nargs="+", help="read these finished run folders instead of running anew")
     p.add_argument("--verbose", action="store_true", help="show the runs' progress")
@@ -23,12 +24,12 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def summaries(args: argparse.Namespace, out_root: Path) -> list[tuple[str, dict | None, str]]:
-    """(dataset, summary or None, error text) per dataset, from --runs or from fresh `kr run` processes."""
+    """(dataset, summary or None, error text) per dataset and seed, from --runs or from fresh `kr run` processes."""
     if args.runs:
         return [(Path(r).name, json.loads((Path(r) / "summary.json").read_text()), "") for r in args.runs]
     rows = []
-    for dataset in args.datasets:
-        out = out_root / dataset
+    for dataset, seed in ((d, s) for d in args.datasets for s in args.seeds):
+        out = out_root / f"{dataset}-seed{seed}"
         cmd = [
             sys.executable,
             "-m",
@@ -43,7 +44,7 @@ def summaries(args: argparse.Namespace, out_root: Path) -> list[tuple[str, dict 
         ]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
-        for item in args.set or []:
+        for item in [*(args.set or []), f"seed={seed}"]:
             cmd += ["--set", item]
         proc = subprocess.run(cmd, capture_output=not args.verbose, text=True, check=False)
         if proc.returncode != 0:

@@ -5,21 +5,24 @@ and prints, side by side: images/s, achieved GFLOP/s (UNet forwards counted by t
 and fp32 matmul peaks measured in the same run, teacher agreement, broken share and Frechet distance
 (`kr.fidelity`). The baseline is diffusers' DDIM at 50 steps in fp32, eager, with guidance as two forward passes.
 
-    .venv/bin/python benchmarks/sampler.py --generator RUN/kfp/.../generator --teacher RUN/.../teacher.pt \\
-        --data-root ../shared/data/medmnist --dataset breastmnist
+    .venv/bin/python benchmarks/sampler.py --run runs/breastmnist-laptop-...     # a finished `kr run` folder
+    .venv/bin/python benchmarks/sampler.py --generator DIR --teacher teacher.pt --dataset breastmnist \\
+        --data-root ../shared/data/medmnist
 
-Without --generator/--teacher it uses the `baseline` recipe of `benchmarks/generator_train.py` for the dataset.
+With --run, the generator, chosen checkpoint, teacher and dataset are the run's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import stamp, write_json
+from diffusers import DDIMScheduler
 from hardware import count_gflop, peaks
 from rich.console import Console
 from rich.table import Table
@@ -34,8 +37,9 @@ from kr.runtime import configure_threads, device, to_uint8
 
 @torch.no_grad()
 def naive_ddim(unet, gen_dir: Path, labels: np.ndarray, scale: float, steps: int, seed: int) -> np.ndarray:
-    """What a user writes from diffusers' docs: DDIM, fp32, eager, guidance as two separate forward passes."""
-    scheduler = sampling_scheduler(gen_dir, SamplerConfig(scheduler="ddim", steps=steps, clip_denoised=True))
+    """What a user writes from diffusers' docs: DDIM from the training schedule's config (so its "leading" step
+    spacing and `clip_sample`), fp32, eager, guidance as two separate forward passes."""
+    scheduler = DDIMScheduler.from_pretrained(gen_dir / "scheduler")
     n_classes = unet.config.num_class_embeds - 1
     size, ch = unet.config.sample_size, unet.config.in_channels
     out = []
@@ -78,10 +82,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="breastmnist")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--run", type=Path, help="a finished `kr run` folder: its generator, checkpoint and teacher")
     p.add_argument("--generator", type=Path, help="a generator folder (spec.json, scheduler/, checkpoints/)")
     p.add_argument("--checkpoint", help="checkpoint name, e.g. step-000500 (default: the latest)")
     p.add_argument("--teacher", type=Path)
-    p.add_argument("--profile", default="laptop", help="where the default generator and teacher come from")
     p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--steps", type=int, nargs="+", default=[6, 10], help="DPM-Solver++ step counts to compare")
     p.add_argument("--batch-size", type=int, default=64)
@@ -90,12 +94,18 @@ def main() -> None:
     p.add_argument("--out", default="runs/benchmarks/sampler")
     args = p.parse_args()
     configure_threads()
-    default_root = Path("runs/benchmarks/generator_train") / f"{args.dataset}-{args.profile}"
-    gen_dir = args.generator or default_root / "baseline" / "generator"
-    teacher_path = args.teacher or default_root / "teacher" / "teacher.pt"
+    if args.run:
+        summary = json.loads((args.run / "summary.json").read_text())
+        gen_dir, teacher_path = args.run / "steps" / "generator", Path(summary["artifacts"]["teacher"])
+        args.checkpoint = args.checkpoint or summary["generator"]["checkpoint"]
+        args.dataset, args.data_root = summary["config"]["data"]["dataset"], summary["config"]["data"]["data_root"]
+    elif args.generator and args.teacher:
+        gen_dir, teacher_path = args.generator, args.teacher
+    else:
+        raise SystemExit("give --run RUN_DIR, or --generator DIR and --teacher FILE")
     ckpts = {c.name: c for c in list_checkpoints(gen_dir)}
     if not ckpts:
-        raise SystemExit(f"no generator checkpoints under {gen_dir}: run benchmarks/generator_train.py first")
+        raise SystemExit(f"no generator checkpoints under {gen_dir}")
     ckpt = ckpts[args.checkpoint] if args.checkpoint else list(ckpts.values())[-1]
     data = load_dataset(args.dataset, args.data_root)
     teacher = load_classifier(teacher_path)

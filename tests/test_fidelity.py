@@ -85,6 +85,10 @@ def test_selection_sets_aside_broken_cells_and_breaks_ties_by_agreement() -> Non
     # when every cell is broken beyond the tolerance, the least broken ones compete (the shard checks then decide)
     worse = broken_best | {"broken_fraction": 0.6, "val_cas": 0.95, "checkpoint": "worse"}
     assert choose([broken_best, worse], max_broken_fraction=0.1)["checkpoint"] == "broken"
+    # an agreement floor sets aside a cell whose val CAS is high by chance; with none above it, the most agreeing
+    lucky = cell | {"val_cas": 0.95, "teacher_agreement": 0.6, "checkpoint": "lucky"}
+    assert choose([lucky, agreeing], min_teacher_agreement=0.85)["checkpoint"] == "agreeing"
+    assert choose([lucky, cell | {"checkpoint": "cell"}], min_teacher_agreement=0.85)["checkpoint"] == "cell"
 
 
 def test_all_black_shard_fails_its_checks(tmp_path: Path) -> None:

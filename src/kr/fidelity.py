@@ -31,6 +31,7 @@ from kr.runtime import autocast, device, to_unit
 #   std          flat tiles (a single grey level)
 #   saturated    pixels at exactly 0 or 255: a diverged sampler clips there
 #   roughness    mean absolute difference between neighbouring pixels: salt-and-pepper noise
+# saturated and roughness are bounded above only (see fit_envelope).
 STATISTICS = ("mean", "std", "saturated", "roughness")
 # What `fidelity` reports for a sample set (besides per class): the keys the selection grid and summary carry.
 FIDELITY_KEYS = ("teacher_agreement", "broken_fraction", "frechet_distance", "precision", "recall")
@@ -92,8 +93,12 @@ def fit_envelope(x_real_uint8: np.ndarray, quantile: float = 0.005, margin: floa
     lo, hi = np.quantile(s, quantile, axis=0), np.quantile(s, 1 - quantile, axis=0)
     pad = margin * (hi - lo)
     low, high = lo - pad, hi + pad
-    sat = STATISTICS.index("saturated")
+    sat, rough = STATISTICS.index("saturated"), STATISTICS.index("roughness")
     high[sat] = max(high[sat], MIN_SATURATED_BOUND)
+    # saturation and roughness break a sample only upwards: a sample smoother than real images (measured: a
+    # generator that drew the RGB shapes cleanly but without their pixel noise) lacks texture, which the Frechet
+    # distance and recall measure; it is not broken. Both statistics are >= 0, so 0 leaves them open below.
+    low[sat] = low[rough] = 0.0
     return Envelope(tuple(low.tolist()), tuple(high.tolist()), quantile, margin)
 
 

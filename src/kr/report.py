@@ -149,7 +149,8 @@ def _model_lines(summary: dict) -> list[str]:
         "## Generator selection and fidelity",
         "",
         f"Chosen: `{g['checkpoint']}` with guidance scale {g['guidance_scale']:g}: the best validation CAS among cells "
-        "whose broken share is within `validation.max_broken_fraction`; ties go to the higher teacher agreement.",
+        "whose broken share is within `validation.max_broken_fraction` and whose teacher agreement reaches "
+        "`selection.min_teacher_agreement` (if none does, the most agreeing); ties go to the higher agreement.",
         "Fidelity is measured against real val: teacher agreement (the teacher assigns the sample to the class it was "
         "drawn for), broken share (outside the envelope of real images' statistics), Frechet distance (FD) and "
         "precision/recall in the teacher's feature space.",
