@@ -91,6 +91,20 @@ def test_selection_sets_aside_broken_cells_and_breaks_ties_by_agreement() -> Non
     assert choose([lucky, cell | {"checkpoint": "cell"}], min_teacher_agreement=0.85)["checkpoint"] == "cell"
 
 
+def test_val_cas_within_its_noise_is_decided_by_frechet_distance() -> None:
+    """The PneumoniaMNIST laptop grid (524 val images): val CAS preferred guidance 3 by 2 points, within noise."""
+
+    def cell(w: float, cas: float, agree: float, fd: float) -> dict:
+        return {"checkpoint": f"w{w}", "step": 500, "guidance_scale": w, "val_cas": cas, "teacher_agreement": agree,
+                "broken_fraction": 0.0, "frechet_distance": fd}  # fmt: skip
+
+    grid = [cell(1.0, 0.742, 0.914, 3.2), cell(2.0, 0.761, 1.0, 41.0), cell(3.0, 0.763, 1.0, 84.6)]
+    assert choose(grid, 0.1, 0.85, n_val=524)["guidance_scale"] == 1.0
+    # without the interval only equal val CAS ties; a clear val CAS lead wins whatever the FD
+    assert choose(grid, 0.1, 0.85)["guidance_scale"] == 3.0
+    assert choose([cell(1.0, 0.60, 0.9, 3.0), cell(3.0, 0.76, 0.9, 80.0)], 0.1, 0.85, n_val=524)["guidance_scale"] == 3
+
+
 def test_all_black_shard_fails_its_checks(tmp_path: Path) -> None:
     """A run whose regenerated images were all black passed every shard check before the envelope existed."""
     rng = np.random.default_rng(0)

@@ -133,7 +133,7 @@ def test_min_snr_weighting_follows_the_paper_for_epsilon_and_v() -> None:
         snr = compute_snr(sched, t)
         expected = (torch.clamp(snr, max=5.0) / (snr + extra)).mean()
         assert _loss(pred, target, t, sched, cfg).item() == pytest.approx(expected.item(), rel=1e-5)
-        plain = GeneratorConfig(prediction_type=prediction_type)
+        plain = GeneratorConfig(prediction_type=prediction_type, snr_gamma=None)
         assert _loss(pred, target, t, sched, plain).item() == pytest.approx(1.0)
 
 
@@ -147,3 +147,6 @@ def test_sampler_clips_the_clean_image_estimate_by_default(tmp_path: Path) -> No
         on = sampling_scheduler(tmp_path, SamplerConfig(scheduler=scheduler))
         off = sampling_scheduler(tmp_path, SamplerConfig(scheduler=scheduler, clip_denoised=False))
         assert on.config[key] is True and off.config[key] is False
+        # steps start at the last training timestep (Lin et al. 2024), not 1000/steps earlier as "leading" does
+        on.set_timesteps(10)
+        assert on.config["timestep_spacing"] == "trailing" and int(on.timesteps[0]) == 999
