@@ -120,7 +120,7 @@ class SelectionConfig(Strict):
     guidance_scales: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     images_per_class: int = Field(150, ge=1)
     min_teacher_agreement: float = Field(
-        0.85,
+        0.9,
         ge=0,
         le=1,
         description="cells whose samples the teacher assigns to their class less often than this are not chosen "
