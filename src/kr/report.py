@@ -150,7 +150,8 @@ def _model_lines(summary: dict) -> list[str]:
         "",
         f"Chosen: `{g['checkpoint']}` with guidance scale {g['guidance_scale']:g}: the best validation CAS among cells "
         "whose broken share is within `validation.max_broken_fraction` and whose teacher agreement reaches "
-        "`selection.min_teacher_agreement` (if none does, the most agreeing); ties go to the higher agreement.",
+        "`selection.min_teacher_agreement` (if none does, the most agreeing); val CAS within 1.96 standard errors "
+        "of the best counts as a tie, and ties go to the lowest FD.",
         "Fidelity is measured against real val: teacher agreement (the teacher assigns the sample to the class it was "
         "drawn for), broken share (outside the envelope of real images' statistics), Frechet distance (FD) and "
         "precision/recall in the teacher's feature space.",
