@@ -3,7 +3,7 @@
 Each recipe (a profile plus `KEY=VALUE` overrides) trains the generator from scratch on the real training split;
 every checkpoint is then scored at every guidance scale exactly as the pipeline's selection step scores a cell:
 validation CAS and fidelity against real val (teacher agreement, broken share, Frechet distance and
-precision/recall in the teacher's feature space; see `kr.fidelity`). Speed: training steps/s, achieved GFLOP/s
+precision/recall in the teacher's feature space; see `kr.method.fidelity`). Speed: training steps/s, achieved GFLOP/s
 (forward + backward, counted by torch) and its fraction of the bf16 and fp32 matmul peaks measured in the same
 run. All recipes run one after the other in this process.
 
@@ -32,10 +32,10 @@ from rich.table import Table
 
 from kr.config import RunConfig, resolve_config
 from kr.data import Dataset, load_dataset
-from kr.generator import _batch, build_noise_scheduler, build_unet, list_checkpoints, train_generator
+from kr.method.generator import _batch, build_noise_scheduler, build_unet, list_checkpoints, train_generator
+from kr.method.selection import select_generator
+from kr.method.teacher import train_teacher
 from kr.runtime import autocast, configure_threads, device
-from kr.selection import select_generator
-from kr.teacher import train_teacher
 
 # The recipe changes one at a time, from the recipe this project had (epsilon prediction on a linear schedule, a
 # sampler that neither clipped nor started at the last timestep) to today's defaults. Every key is set, so the

@@ -18,7 +18,7 @@ from common import parser, stamp, summaries, write_json
 from rich.console import Console
 from rich.table import Table
 
-from kr.summary import STEP_ORDER
+from kr.run.summary import STEP_ORDER
 
 STEPS = tuple(s for s in STEP_ORDER if s not in ("validate_data", "evaluate_gates"))
 

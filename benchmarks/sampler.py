@@ -3,7 +3,7 @@
 For one trained generator checkpoint and its teacher, draws the same class-balanced label set with each variant
 and prints, side by side: images/s, achieved GFLOP/s (UNet forwards counted by torch) as a fraction of the bf16
 and fp32 matmul peaks measured in the same run, teacher agreement, broken share and Frechet distance
-(`kr.fidelity`). The baseline is diffusers' DDIM at 50 steps in fp32, eager, with guidance as two forward passes.
+(`kr.method.fidelity`). The baseline is diffusers' DDIM at 50 steps in fp32, eager, with guidance as two forward passes.
 
     .venv/bin/python benchmarks/sampler.py --run runs/breastmnist-laptop-...     # a finished `kr run` folder
     .venv/bin/python benchmarks/sampler.py --generator DIR --teacher teacher.pt --dataset breastmnist \\
@@ -27,11 +27,11 @@ from hardware import count_gflop, peaks
 from rich.console import Console
 from rich.table import Table
 
-from kr.classifier import load_classifier
 from kr.config import SamplerConfig
 from kr.data import load_dataset
-from kr.fidelity import fidelity, real_reference
-from kr.generator import balanced_labels, list_checkpoints, load_generator, sample, sampling_scheduler
+from kr.method.classifier import load_classifier
+from kr.method.fidelity import fidelity, real_reference
+from kr.method.generator import balanced_labels, list_checkpoints, load_generator, sample, sampling_scheduler
 from kr.runtime import configure_threads, device, to_uint8
 
 

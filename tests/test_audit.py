@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from servers import MotoServer, mlflow_server, moto_fixture  # noqa: F401  (registers the `moto` fixture)
 
-from kr.audit import (
+from kr.governance.trail import (
     GENESIS,
     AuditError,
     AuditTrail,
@@ -86,7 +86,7 @@ def test_append_three_and_verify(trail: AuditTrail, folder: Path) -> None:
     stored = json.loads((folder / "000002.json").read_bytes())
     assert (folder / "000002.json").read_bytes() == canonical(stored) + b"\n"
     assert stored["record_hash"] == record_hash(stored) == entries[1]["record_hash"]
-    assert stored["gates"] == body("run-2")["gates"] and stored["schema"] == "kr.audit/1"
+    assert stored["gates"] == body("run-2")["gates"] and stored["schema"] == "kr.governance.trail/1"
     assert_chain(trail, 3)
     report = trail.verify()
     assert (report.head, report.head_hash) == ("000003-run-3", entries[2]["record_hash"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from kr.pipelines.cluster import ClusterError, check_cron, cluster_arguments
+from kr.pipelines.knowledge_recycling import ClusterSettings
 from typer.testing import CliRunner
 
 from kr.cli import app
-from kr.pipeline.cluster import ClusterError, check_cron, cluster_arguments
-from kr.pipeline.dag import ClusterSettings
-from kr.pipeline.params import RunRequest, resolve_request
+from kr.run.request import RunRequest, resolve_request
 
 IMAGE = "registry.example.org/kr:0.1.0-abc"
 

@@ -1,4 +1,4 @@
-"""Tests for kr.fidelity: the envelope of real images, Frechet distance, precision/recall, and the shard check."""
+"""kr.method.fidelity: the envelope of real images, Frechet distance, precision/recall, and the shard check."""
 
 from __future__ import annotations
 
@@ -10,10 +10,17 @@ import torch
 from datagen import REAL_ROOT, needs_real
 from test_validation import CFG, shard_fails, write_shard
 
-from kr.classifier import SmallResNet
 from kr.data import load_dataset
-from kr.fidelity import fidelity, fit_envelope, frechet_distance, precision_recall, real_reference, teacher_outputs
-from kr.selection import choose
+from kr.method.classifier import SmallResNet
+from kr.method.fidelity import (
+    fidelity,
+    fit_envelope,
+    frechet_distance,
+    precision_recall,
+    real_reference,
+    teacher_outputs,
+)
+from kr.method.selection import choose
 from kr.validation import ValidationConfig, validate_shard
 
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from kr.config import AccuracyGate, PrivacyGate
-from kr.gates import accuracy_gate, privacy_gate
+from kr.governance.gates import accuracy_gate, privacy_gate
 
 PRIVACY = {
     "student": {"strongest": {"auc": 0.52, "tpr_at_1pct_fpr": 0.02}},

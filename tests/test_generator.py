@@ -16,7 +16,7 @@ import torch
 from datagen import make_arrays
 
 from kr.config import GeneratorConfig, SamplerConfig
-from kr.generator import (
+from kr.method.generator import (
     GeneratorError,
     balanced_labels,
     list_checkpoints,
@@ -74,7 +74,7 @@ TRAIN_SCRIPT = """
 import json, sys
 import numpy as np
 from kr.config import GeneratorConfig
-from kr.generator import train_generator
+from kr.method.generator import train_generator
 x, y = np.load(sys.argv[1])["x"], np.load(sys.argv[1])["y"]
 cfg = GeneratorConfig(**json.loads(sys.argv[2]))
 print(json.dumps(train_generator(x, y, 3, cfg, sys.argv[3], seed=0)))
@@ -123,7 +123,7 @@ def test_min_snr_weighting_follows_the_paper_for_epsilon_and_v() -> None:
     """Hang et al. 2023: epsilon targets weigh min(SNR, g) / SNR, v targets min(SNR, g) / (SNR + 1)."""
     from diffusers.training_utils import compute_snr
 
-    from kr.generator import _loss, build_noise_scheduler
+    from kr.method.generator import _loss, build_noise_scheduler
 
     t = torch.tensor([5, 500, 990])
     pred, target = torch.ones(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)  # per-sample squared error 1
@@ -139,7 +139,7 @@ def test_min_snr_weighting_follows_the_paper_for_epsilon_and_v() -> None:
 
 def test_sampler_clips_the_clean_image_estimate_by_default(tmp_path: Path) -> None:
     """Without clipping, an epsilon model's x0 estimate at high noise is amplified ~160x and the samples saturate."""
-    from kr.generator import build_noise_scheduler
+    from kr.method.generator import build_noise_scheduler
 
     build_noise_scheduler(GeneratorConfig()).save_pretrained(tmp_path / "scheduler")
     assert SamplerConfig().clip_denoised

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kr.classifier import augment, soft_cross_entropy
-from kr.metrics import classification_metrics, majority_rate, softmax
-from kr.regenerate import pool_size, shard_sizes
-from kr.selection import choose
-from kr.student import pool_slices
+from kr.method.classifier import augment, soft_cross_entropy
+from kr.method.metrics import classification_metrics, majority_rate, softmax
+from kr.method.regeneration import pool_size, shard_sizes
+from kr.method.selection import choose
+from kr.method.student import pool_slices
 
 
 def test_binary_metrics_hand_checked() -> None:

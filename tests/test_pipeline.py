@@ -9,8 +9,7 @@ import yaml
 from datagen import kr
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-
-from kr.pipeline.compile import compile_pipeline
+from kr.pipelines.compile import compile_pipeline
 
 IMAGE = "registry.example.org/kr:0.1.0-test"
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from datagen import REAL_ROOT, needs_real
 
-from kr.classifier import build_classifier, fit, predict_logits
 from kr.config import ClassifierConfig
-from kr.memorization import memorization
-from kr.mia import (
+from kr.method.classifier import build_classifier, fit, predict_logits
+from kr.privacy.memorization import memorization
+from kr.privacy.mia import (
     attack_metrics,
     auc_interval,
     clopper_pearson,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kr import registry
-from kr.classifier import build_classifier, save_classifier
 from kr.config import ClassifierConfig, RunConfig
-from kr.gates import evaluate_gates
+from kr.governance import registry
+from kr.governance.gates import evaluate_gates
+from kr.method.classifier import build_classifier, save_classifier
 from mlflow import MlflowClient
 
 

@@ -15,8 +15,8 @@ import pytest
 from datagen import REAL_ROOT, kr, needs_real, write_npz
 from typer.testing import CliRunner
 
-from kr.audit import sha256_file
 from kr.cli import app
+from kr.governance.trail import sha256_file
 
 # gates every smoke run passes: the smoke profile proves mechanics, not quality
 LENIENT = [
@@ -56,7 +56,7 @@ def sets(values: list[str]) -> list[str]:
 def check_summary(out: Path, n_classes: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert summary.keys() >= SUMMARY_KEYS
-    assert summary["schema"] == "kr.summary/1" and summary["runner"] == "kfp.local"
+    assert summary["schema"] == "kr.run.summary/1" and summary["runner"] == "kfp.local"
     assert summary["status"] == "succeeded", summary["error"]
     assert summary["dataset"]["n_classes"] == n_classes
     for model in ("teacher", "student"):
@@ -205,8 +205,8 @@ def test_rerun_archives_the_first_run_and_resumes_the_generator(embedded) -> Non
 @needs_real
 def test_conclusion_is_idempotent(embedded) -> None:
     """A retried promote/record step finds its version and its audit record instead of making new ones."""
-    from kr import promotion
     from kr.config import RunConfig
+    from kr.governance import promotion
 
     out, s = embedded["out"], embedded["rejected"]
     cfg = RunConfig.model_validate(s["config"])

@@ -232,7 +232,7 @@ def test_config_is_strict() -> None:
 
 
 def write_shard(path: Path, n: int = 50, n_classes: int = 5, seed: int = 0, **replace: np.ndarray) -> Path:
-    """A shard as kr.regenerate writes it: balanced labels (counts differ by at most 1), uint8 images, logits."""
+    """A shard as kr.method.regeneration writes it: balanced labels (counts differ by <= 1), uint8 images, logits."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % n_classes)
     arrays = {

@@ -79,7 +79,7 @@ def _request(
     local_store: bool = True,
 ):
     """The pipeline's parameters from the command line; resolved once here so a bad value fails before any work."""
-    from kr.pipeline.params import RunRequest, resolve_request
+    from kr.run.request import RunRequest, resolve_request
 
     root = data_root if data_root is not None else os.environ.get("KR_DATA_ROOT")
     extra = list(overrides or [])
@@ -132,7 +132,7 @@ def run(
     promote the student in the MLflow registry only when every gate passes."""
     from dataclasses import replace
 
-    from kr.pipeline.local import PipelineFailed, run_local
+    from kr.pipelines.local import PipelineFailed, run_local
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     try:
@@ -168,8 +168,8 @@ def compile_cmd(
     gpus: GpusOpt = 1,
 ) -> None:
     """Compile the pipeline for Kubeflow Pipelines with every component running in IMAGE."""
-    from kr.pipeline.compile import compile_pipeline
-    from kr.pipeline.dag import ClusterSettings
+    from kr.pipelines.compile import compile_pipeline
+    from kr.pipelines.knowledge_recycling import ClusterSettings
 
     console.print(f"wrote {compile_pipeline(out, image, ClusterSettings(gpus=gpus))}")
 
@@ -187,7 +187,7 @@ def show_config(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML")] = False,
 ) -> None:
     """Print the fully resolved configuration (defaults < profile < --config < --set)."""
-    from kr.pipeline.params import resolve_request
+    from kr.run.request import resolve_request
 
     try:
         req = _request(dataset, profile, data_root, config, overrides, tracking_uri, model_name, audit_uri)
@@ -227,8 +227,8 @@ def submit(
     gpus: GpusOpt = 1,
 ) -> None:
     """Start one pipeline run on a Kubeflow Pipelines cluster."""
-    from kr.pipeline.cluster import ClusterError, submit_run
-    from kr.pipeline.dag import ClusterSettings
+    from kr.pipelines.cluster import ClusterError, submit_run
+    from kr.pipelines.knowledge_recycling import ClusterSettings
 
     req = _cluster_request(dataset, profile, config, overrides, tracking_uri, model_name, audit_uri)
     try:
@@ -255,8 +255,8 @@ def schedule(
     gpus: GpusOpt = 1,
 ) -> None:
     """Create a recurring retraining run (at most one run at a time, no catch-up of missed runs)."""
-    from kr.pipeline.cluster import ClusterError, check_cron, schedule_runs
-    from kr.pipeline.dag import ClusterSettings
+    from kr.pipelines.cluster import ClusterError, check_cron, schedule_runs
+    from kr.pipelines.knowledge_recycling import ClusterSettings
 
     try:
         check_cron(cron)
@@ -280,7 +280,7 @@ def audit_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the trail's records, oldest first."""
-    from kr.audit import AuditError, open_trail
+    from kr.governance.trail import AuditError, open_trail
 
     try:
         records = open_trail(uri or default_audit_uri()).records()
@@ -307,7 +307,7 @@ def audit_show(
 @audit_app.command("verify")
 def audit_verify(uri: Annotated[str | None, typer.Option(help="trail folder or s3://bucket/prefix")] = None) -> None:
     """Recompute the hash chain; exit 1 naming the first altered or missing record."""
-    from kr.audit import AuditError, open_trail
+    from kr.governance.trail import AuditError, open_trail
 
     try:
         report = open_trail(uri or default_audit_uri()).verify()

@@ -221,7 +221,7 @@ class ValidationConfig(Strict):
         ge=0,
         le=1,
         description="share of synthetic samples allowed outside the envelope of real images' statistics "
-        "(kr.fidelity); selection sets aside (checkpoint, scale) cells above it, and a shard above it fails",
+        "(kr.method.fidelity); selection sets aside (checkpoint, scale) cells above it, and a shard above it fails",
     )
     max_class_imbalance: float = Field(
         0.0,

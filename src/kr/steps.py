@@ -12,17 +12,20 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from kr import generator as gen
-from kr import privacy, promotion, selection, student, teacher, tracking
-from kr import regenerate as regen
 from kr.config import RunConfig
 from kr.data import load_dataset, load_saved_dataset, save_dataset
-from kr.fidelity import fit_envelope
-from kr.gates import evaluate_gates as gate_verdicts
-from kr.metrics import majority_rate
-from kr.records import read_records, timed_step, write_json
+from kr.governance import promotion
+from kr.governance.gates import evaluate_gates as gate_verdicts
+from kr.method import generator as gen
+from kr.method import regeneration as regen
+from kr.method import selection, student, teacher
+from kr.method.fidelity import fit_envelope
+from kr.method.metrics import majority_rate
+from kr.privacy import audit as privacy
+from kr.run import tracking
+from kr.run.summary import build_summary
 from kr.runtime import configure_threads, seed_everything
-from kr.summary import build_summary
+from kr.serialization import read_records, timed_step, write_json
 
 TEACHER_FILE, STUDENT_FILE, SELECTION_FILE = "teacher.pt", "student.pt", "selection.json"
 
@@ -259,7 +262,7 @@ def finalize(
 ) -> dict:
     """The exit handler's work, also after a failure: the audit record (if the run has none yet), summary.json and
     the report, then everything on the parent MLflow run."""
-    from kr.summary import finalize_run
+    from kr.run.summary import finalize_run
 
     run_dir = Path(run_dir)
     failure = run_dir / "failure.json"

@@ -8,8 +8,7 @@ ExitHandler whose exit task writes the audit record (for failed runs), summary.j
 from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
-
-from kr.pipeline.components import build_components
+from kr.components._all import build_components
 
 PIPELINE_NAME = "knowledge-recycling"
 GPU_STEPS = ("train-generator", "select-generator", "regenerate", "train-student", "train-naive", "audit-privacy")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kr.config import RunConfig
-from kr.records import write_json
+from kr.serialization import write_json
 
 log = logging.getLogger(__name__)
 

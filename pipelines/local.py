@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kfp import local
+from kr.pipelines.knowledge_recycling import ClusterSettings, build_pipeline
 
-from kr.pipeline.dag import ClusterSettings, build_pipeline
-from kr.pipeline.params import RunRequest
+from kr.run.request import RunRequest
 
 RUNNER = "kfp.local"
 LOCAL_IMAGE = "local"  # the SubprocessRunner ignores images and runs the components in this environment

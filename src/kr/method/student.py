@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kr.classifier import build_classifier, fit, predict_logits, save_classifier
 from kr.config import GKDConfig, NaiveConfig
 from kr.data import Dataset
-from kr.metrics import classification_metrics, softmax
-from kr.regenerate import load_pool
+from kr.method.classifier import build_classifier, fit, predict_logits, save_classifier
+from kr.method.metrics import classification_metrics, softmax
+from kr.method.regeneration import load_pool
 
 
 def pool_slices(n: int, slices: int, seed: int) -> list[np.ndarray]:

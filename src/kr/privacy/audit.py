@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kr import mia
-from kr.classifier import build_classifier, fit, load_classifier, predict_logits
 from kr.config import ClassifierConfig, PrivacyConfig
 from kr.data import Dataset
-from kr.memorization import memorization
+from kr.method.classifier import build_classifier, fit, load_classifier, predict_logits
+from kr.method.regeneration import load_pool
 from kr.plots import roc_plot
-from kr.regenerate import load_pool
+from kr.privacy import mia
+from kr.privacy.memorization import memorization
 from kr.runtime import derive_seed
 
 

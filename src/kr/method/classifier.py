@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kr.config import ClassifierConfig
-from kr.metrics import classification_metrics
+from kr.method.metrics import classification_metrics
 from kr.progress import bar
 from kr.runtime import autocast, device, to_unit
 

@@ -39,9 +39,9 @@ from urllib.request import url2pathname
 
 from pydantic import BaseModel
 
-from kr.records import finite
+from kr.serialization import finite
 
-SCHEMA = "kr.audit/1"
+SCHEMA = "kr.governance.trail/1"
 GENESIS = "0" * 64
 # fields the trail sets; a body may not carry them
 CHAIN_FIELDS = ("schema", "sequence", "record_id", "previous_hash", "recorded_at", "record_hash")

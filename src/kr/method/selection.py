@@ -2,7 +2,7 @@
 
 Validation CAS: a quick classifier trained only on a class-balanced synthetic set with the generator's labels,
 scored on the real validation split. Every cell uses the same noise, so cells differ only by what is tuned.
-Every cell's fidelity is measured too (`kr.fidelity`: teacher agreement, broken share, Frechet distance and
+Every cell's fidelity is measured too (`kr.method.fidelity`: teacher agreement, broken share, Frechet distance and
 precision/recall in the teacher's feature space, against real val), and it takes part in the choice (`choose`).
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kr.classifier import build_classifier, fit, load_classifier, predict_logits
 from kr.config import SamplerConfig, SelectionConfig
 from kr.data import Dataset
-from kr.fidelity import FIDELITY_KEYS, fidelity, real_reference
-from kr.generator import (
+from kr.method.classifier import build_classifier, fit, load_classifier, predict_logits
+from kr.method.fidelity import FIDELITY_KEYS, fidelity, real_reference
+from kr.method.generator import (
     GeneratorError,
     balanced_labels,
     list_checkpoints,
@@ -26,7 +26,7 @@ from kr.generator import (
     sample,
     sampling_scheduler,
 )
-from kr.metrics import classification_metrics
+from kr.method.metrics import classification_metrics
 from kr.runtime import derive_seed
 
 
@@ -82,7 +82,7 @@ def select_generator(
 
     Writes `selection.json` and `selection_samples.npz` (the chosen cell's uint8 (N, C, H, W) samples) to
     `out_dir`; returns the chosen cell, its fidelity, and the grid (one row per cell: val CAS, val CAS AUC and
-    the fidelity measures of `kr.fidelity.FIDELITY_KEYS`). Raises GeneratorError when there is no checkpoint.
+    the fidelity measures of `kr.method.fidelity.FIDELITY_KEYS`). Raises GeneratorError when there is no checkpoint.
     """
     checkpoints = list_checkpoints(gen_dir)[-cfg.checkpoints :]
     if not checkpoints:

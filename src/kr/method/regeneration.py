@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kr.classifier import load_classifier, predict_logits
 from kr.config import SamplerConfig
 from kr.data import Dataset
-from kr.fidelity import FIDELITY_KEYS, fidelity, real_reference
-from kr.generator import balanced_labels, load_generator, sample, sampling_scheduler
+from kr.method.classifier import load_classifier, predict_logits
+from kr.method.fidelity import FIDELITY_KEYS, fidelity, real_reference
+from kr.method.generator import balanced_labels, load_generator, sample, sampling_scheduler
 from kr.runtime import derive_seed
 
 
@@ -44,7 +44,7 @@ def regenerate_shard(
     data: Dataset | None = None,
 ) -> dict:
     """Draw one shard and write it as .npz: images (uint8 N,C,H,W), gen_labels (int64 N), teacher_logits
-    (float32 N,K). With `data`, the shard's fidelity against real val is measured (`kr.fidelity`) and returned
+    (float32 N,K). With `data`, the shard's fidelity against real val is measured (`kr.method.fidelity`) and returned
     under "fidelity"; its teacher agreement is always returned."""
     unet = load_generator(Path(gen_dir) / "checkpoints" / checkpoint)
     n_classes = unet.config.num_class_embeds - 1

@@ -256,7 +256,7 @@ def evaluate_gates(
 
     from kr import steps
     from kr.config import RunConfig
-    from kr.report import gates_markdown
+    from kr.run.report import gates_markdown
 
     r = steps.evaluate_gates(RunConfig.model_validate_json(config_json), Path(run_dir), profile, runner, started_at)
     Path(verdict.path).write_text(gates_markdown(r))
@@ -269,7 +269,7 @@ def promote(config_json: str, run_dir: str, data: Input[Dataset], started_at: st
 
     from kr import steps
     from kr.config import RunConfig
-    from kr.report import decision_markdown
+    from kr.run.report import decision_markdown
 
     r = steps.promote(RunConfig.model_validate_json(config_json), Path(run_dir), Path(data.path), started_at)
     Path(decision.path).write_text(decision_markdown(r))
@@ -283,7 +283,7 @@ def record_rejection(
 
     from kr import steps
     from kr.config import RunConfig
-    from kr.report import decision_markdown
+    from kr.run.report import decision_markdown
 
     r = steps.record_rejection(RunConfig.model_validate_json(config_json), Path(run_dir), Path(data.path), started_at)
     Path(decision.path).write_text(decision_markdown(r))

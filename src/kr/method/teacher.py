@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kr.classifier import build_classifier, fit, predict_logits, save_classifier
 from kr.config import ClassifierConfig
 from kr.data import Dataset
-from kr.metrics import classification_metrics
+from kr.method.classifier import build_classifier, fit, predict_logits, save_classifier
+from kr.method.metrics import classification_metrics
 
 
 def train_teacher(data: Dataset, cfg: ClassifierConfig, out_dir: Path, seed: int) -> dict:

@@ -30,7 +30,7 @@ from kr.config import ValidationConfig
 from kr.data import IMAGE_SIZE, SPLITS, Dataset
 
 if TYPE_CHECKING:
-    from kr.fidelity import Envelope
+    from kr.method.fidelity import Envelope
 
 REPORT_FILE = "validation.json"
 DOCS_SITE = "kr"
@@ -142,7 +142,7 @@ def _shard_tables(
             **_pixel_stats(images),
             "logit_count": logits.shape[1],
             "logits_finite": np.isfinite(logits).all(axis=1) if n else np.zeros(0, bool),
-            # outside the envelope of real images' statistics (kr.fidelity); False when no envelope is given
+            # outside the envelope of real images' statistics (kr.method.fidelity); False when no envelope is given
             "broken": envelope.broken(images) if envelope is not None else np.zeros(n, bool),
         }
     )
@@ -651,7 +651,7 @@ def validate_shard(
     """Validate one regeneration shard (.npz: images, gen_labels, teacher_logits); same outputs as validate_real.
 
     channels: the real data's channel count when known; otherwise 1 or 3 are accepted.
-    envelope: the real images' envelope (`kr.fidelity.fit_envelope`); with it, a shard whose share of broken
+    envelope: the real images' envelope (`kr.method.fidelity.fit_envelope`); with it, a shard whose share of broken
     samples exceeds `cfg.max_broken_fraction` fails.
     """
     path, docs_dir = Path(path), Path(docs_dir)

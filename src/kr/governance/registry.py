@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kr.classifier import load_classifier
 from kr.config import RunConfig
-from kr.tracking import client
+from kr.method.classifier import load_classifier
+from kr.run.tracking import client
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kr import registry, tracking
-from kr.audit import sha256_file
 from kr.config import RunConfig
 from kr.data import load_saved_dataset
-from kr.records import read_records, write_json
+from kr.governance import registry
+from kr.governance.trail import sha256_file
+from kr.run import tracking
+from kr.serialization import read_records, write_json
 
 AUDIT_COPY = "audit_record.json"
 
@@ -71,7 +72,7 @@ def append_audit(cfg: RunConfig, run_dir: Path, body: dict) -> dict | None:
     """Append once per run (a retried step gets the entry it wrote before) and keep a copy in the run folder."""
     if not cfg.audit.uri:
         return None
-    from kr.audit import open_trail
+    from kr.governance.trail import open_trail
 
     trail = open_trail(cfg.audit.uri)
     entry = trail.find(body["run_id"]) if body["run_id"] else None

@@ -12,9 +12,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from kr.pipeline.compile import compile_pipeline
-from kr.pipeline.dag import ClusterSettings
-from kr.pipeline.params import RunRequest
+from kr.pipelines.compile import compile_pipeline
+from kr.pipelines.knowledge_recycling import ClusterSettings
+
+from kr.run.request import RunRequest
 
 CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 

@@ -3,8 +3,7 @@
 from pathlib import Path
 
 from kfp import compiler
-
-from kr.pipeline.dag import ClusterSettings, build_pipeline
+from kr.pipelines.knowledge_recycling import ClusterSettings, build_pipeline
 
 
 def compile_pipeline(out: Path, image: str, cluster: ClusterSettings | None = None) -> Path:
