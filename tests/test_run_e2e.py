@@ -56,7 +56,7 @@ def sets(values: list[str]) -> list[str]:
 def check_summary(out: Path, n_classes: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert summary.keys() >= SUMMARY_KEYS
-    assert summary["schema"] == "kr.run.summary/1" and summary["runner"] == "kfp.local"
+    assert summary["schema"] == "kr.summary/1" and summary["runner"] == "kfp.local"
     assert summary["status"] == "succeeded", summary["error"]
     assert summary["dataset"]["n_classes"] == n_classes
     for model in ("teacher", "student"):

@@ -1,4 +1,4 @@
-"""The audit trail: append-only, hash-chained records in a folder and in S3 (a real moto server process)."""
+"""The trail: append-only, hash-chained records in a folder and in S3 (a real moto server process)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from servers import MotoServer, mlflow_server, moto_fixture  # noqa: F401  (regi
 
 from kr.governance.trail import (
     GENESIS,
-    AuditError,
-    AuditTrail,
+    SCHEMA,
     FolderStore,
     S3Store,
+    Trail,
+    TrailError,
     canonical,
     open_trail,
     record_hash,
@@ -39,11 +40,11 @@ def body(run_id: str, accuracy: float = 0.81) -> dict[str, Any]:
     }
 
 
-def fill(trail: AuditTrail, n: int = 3) -> list[dict]:
+def fill(trail: Trail, n: int = 3) -> list[dict]:
     return [trail.append(body(f"run-{i}")) for i in range(1, n + 1)]
 
 
-def assert_chain(trail: AuditTrail, n: int) -> None:
+def assert_chain(trail: Trail, n: int) -> None:
     records = trail.records()
     assert [r["sequence"] for r in records] == list(range(1, n + 1))
     assert records[0]["previous_hash"] == GENESIS
@@ -63,7 +64,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def trail(folder: Path) -> AuditTrail:
+def trail(folder: Path) -> Trail:
     return open_trail(str(folder))
 
 
@@ -73,7 +74,7 @@ def rewrite(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def test_append_three_and_verify(trail: AuditTrail, folder: Path) -> None:
+def test_append_three_and_verify(trail: Trail, folder: Path) -> None:
     entries = fill(trail)
     assert [e["sequence"] for e in entries] == [1, 2, 3]
     assert [e["record_id"] for e in entries] == ["000001-run-1", "000002-run-2", "000003-run-3"]
@@ -86,13 +87,13 @@ def test_append_three_and_verify(trail: AuditTrail, folder: Path) -> None:
     stored = json.loads((folder / "000002.json").read_bytes())
     assert (folder / "000002.json").read_bytes() == canonical(stored) + b"\n"
     assert stored["record_hash"] == record_hash(stored) == entries[1]["record_hash"]
-    assert stored["gates"] == body("run-2")["gates"] and stored["schema"] == "kr.governance.trail/1"
+    assert stored["gates"] == body("run-2")["gates"] and stored["schema"] == "kr.audit/1" == SCHEMA
     assert_chain(trail, 3)
     report = trail.verify()
     assert (report.head, report.head_hash) == ("000003-run-3", entries[2]["record_hash"])
 
 
-def test_every_single_byte_change_is_detected_and_named(trail: AuditTrail, folder: Path) -> None:
+def test_every_single_byte_change_is_detected_and_named(trail: Trail, folder: Path) -> None:
     fill(trail)
     path = folder / "000002.json"
     original = path.read_bytes()
@@ -109,7 +110,7 @@ def test_every_single_byte_change_is_detected_and_named(trail: AuditTrail, folde
     assert trail.verify().ok
 
 
-def test_deleted_record_is_named_missing(trail: AuditTrail, folder: Path) -> None:
+def test_deleted_record_is_named_missing(trail: Trail, folder: Path) -> None:
     fill(trail)
     (folder / "000002.json").unlink()
     report = trail.verify()
@@ -118,7 +119,7 @@ def test_deleted_record_is_named_missing(trail: AuditTrail, folder: Path) -> Non
     assert report.head == "000001-run-1"
 
 
-def test_renamed_record_is_a_name_content_mismatch(trail: AuditTrail, folder: Path) -> None:
+def test_renamed_record_is_a_name_content_mismatch(trail: Trail, folder: Path) -> None:
     fill(trail)
     (folder / "000002.json").unlink()
     (folder / "000003.json").rename(folder / "000002.json")  # hide the gap by renumbering
@@ -126,7 +127,7 @@ def test_renamed_record_is_a_name_content_mismatch(trail: AuditTrail, folder: Pa
     assert report.first_bad == "000002.json" and "sequence" in report.problem
 
 
-def test_edit_with_recomputed_hash_breaks_the_next_link(trail: AuditTrail, folder: Path) -> None:
+def test_edit_with_recomputed_hash_breaks_the_next_link(trail: Trail, folder: Path) -> None:
     fill(trail)
     record = json.loads((folder / "000002.json").read_bytes())
     record["gates"]["accuracy"]["value"] = 0.99
@@ -136,7 +137,7 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(trail: AuditTrail, folde
     assert report.first_bad == "000003.json" and "chain broken" in report.problem
 
 
-def test_pretty_printed_record_is_flagged(trail: AuditTrail, folder: Path) -> None:
+def test_pretty_printed_record_is_flagged(trail: Trail, folder: Path) -> None:
     fill(trail, 2)
     record = json.loads((folder / "000001.json").read_bytes())
     rewrite(folder / "000001.json", json.dumps(record, indent=2).encode())
@@ -144,58 +145,58 @@ def test_pretty_printed_record_is_flagged(trail: AuditTrail, folder: Path) -> No
     assert report.first_bad == "000001.json" and "canonical" in report.problem
 
 
-def test_invalid_json_and_stray_objects(trail: AuditTrail, folder: Path) -> None:
+def test_invalid_json_and_stray_objects(trail: Trail, folder: Path) -> None:
     fill(trail)
     rewrite(folder / "000002.json", b'{"not": "closed"')
     report = trail.verify()
     assert report.first_bad == "000002.json" and "not valid JSON" in report.problem
-    with pytest.raises(AuditError, match="000002.json"):
+    with pytest.raises(TrailError, match="000002.json"):
         trail.records()
     (folder / "000002.json").unlink()
     (folder / "2.json").write_text("{}")  # a record name without the zero padding is not a record
     assert trail.verify().first_bad == "000002.json"
 
 
-def test_stray_object_after_an_intact_chain(trail: AuditTrail, folder: Path) -> None:
+def test_stray_object_after_an_intact_chain(trail: Trail, folder: Path) -> None:
     fill(trail, 2)
     (folder / "notes.json").write_text("{}")
     report = trail.verify()
     assert not report.ok and report.first_bad == "notes.json" and report.checked == 2
 
 
-def test_empty_trail_verifies(trail: AuditTrail) -> None:
+def test_empty_trail_verifies(trail: Trail) -> None:
     report = trail.verify()
     assert report.ok and report.checked == 0 and report.head is None
     assert trail.records() == [] and trail.find("run-1") is None
 
 
-def test_append_is_idempotent_per_run(trail: AuditTrail, folder: Path) -> None:
+def test_append_is_idempotent_per_run(trail: Trail, folder: Path) -> None:
     first = fill(trail, 2)[1]
     again = trail.append(body("run-2"))
     assert again == {**first, "created": False}
     assert len(list(folder.glob("*.json"))) == 2
 
 
-def test_conflicting_append_for_a_run_raises(trail: AuditTrail) -> None:
+def test_conflicting_append_for_a_run_raises(trail: Trail) -> None:
     fill(trail, 2)
-    with pytest.raises(AuditError, match=r"run 'run-1' already has audit record 000001-run-1 .*fields: gates"):
+    with pytest.raises(TrailError, match=r"run 'run-1' already has audit record 000001-run-1 .*fields: gates"):
         trail.append(body("run-1", accuracy=0.5))
     assert trail.verify().checked == 2
 
 
-def test_get_find_and_records(trail: AuditTrail) -> None:
+def test_get_find_and_records(trail: Trail) -> None:
     entries = fill(trail)
     assert trail.get("000002-run-2")["record_hash"] == entries[1]["record_hash"]
     assert trail.get("000002")["run_id"] == "run-2"
     assert trail.find("run-3")["sequence"] == 3 and trail.find("nope") is None
     assert [r["run_id"] for r in trail.records()] == ["run-1", "run-2", "run-3"]
-    with pytest.raises(AuditError, match="holds 000002-run-2"):
+    with pytest.raises(TrailError, match="holds 000002-run-2"):
         trail.get("000002-run-9")
-    with pytest.raises(AuditError, match="no audit record"):
+    with pytest.raises(TrailError, match="no audit record"):
         trail.get("000009-run-9")
 
 
-def test_body_is_normalised_and_checked(trail: AuditTrail) -> None:
+def test_body_is_normalised_and_checked(trail: Trail) -> None:
     entry = trail.append({**body("run-nan"), "auc": float("nan"), "shape": (28, 28)})
     record = trail.get(entry["record_id"])
     assert record["auc"] is None and record["shape"] == [28, 28]
@@ -205,7 +206,7 @@ def test_body_is_normalised_and_checked(trail: AuditTrail) -> None:
         ({"run_id": "r", "sequence": 4}, "may not set sequence"),
         ({"run_id": "r", "blob": object()}, "not JSON-serialisable"),
     ]:
-        with pytest.raises(AuditError, match=message):
+        with pytest.raises(TrailError, match=message):
             trail.append(bad)
 
 
@@ -217,7 +218,7 @@ def test_records_are_never_overwritten(folder: Path) -> None:
     assert store.names() == ["000001.json"]  # no temporary file left behind
 
 
-def test_concurrent_appends_from_threads(trail: AuditTrail) -> None:
+def test_concurrent_appends_from_threads(trail: Trail) -> None:
     n = 8
     barrier = threading.Barrier(n)
 
@@ -236,7 +237,7 @@ def _append_runs(uri: str, run_ids: list[str]) -> list[int]:
     return [trail.append(body(r))["sequence"] for r in run_ids]
 
 
-def test_concurrent_appends_from_processes(trail: AuditTrail) -> None:
+def test_concurrent_appends_from_processes(trail: Trail) -> None:
     jobs = [[f"proc-{p}-{i}" for i in range(3)] for p in range(3)]
     with ProcessPoolExecutor(3, mp_context=get_context("fork")) as pool:
         results = list(pool.map(_append_runs, [trail.uri] * len(jobs), jobs))
@@ -258,8 +259,22 @@ def test_open_trail_locations(tmp_path: Path) -> None:
         ("gs://bucket/x", "unsupported scheme 'gs'"),
         ("file://elsewhere/x", "must be local"),
     ]:
-        with pytest.raises(AuditError, match=message):
+        with pytest.raises(TrailError, match=message):
             open_trail(uri, client=object())
+
+
+def test_public_api_is_re_exported() -> None:
+    import kr.governance.trail as trail_pkg
+    from kr.governance.trail import chain, stores
+
+    expected = {"Trail", "TrailError", "VerifyReport", "open_trail", "sha256_file", "canonical", "record_hash"}
+    expected |= {"stored_bytes", "record_key", "Store", "FolderStore", "S3Store", "s3_client", "normalise_body"}
+    expected |= {"SCHEMA", "GENESIS"}
+    assert expected <= set(trail_pkg.__all__)
+    assert all(hasattr(trail_pkg, name) for name in trail_pkg.__all__)
+    assert trail_pkg.Trail is chain.Trail and trail_pkg.open_trail is stores.open_trail
+    assert stores.Store is chain.Store  # one protocol, defined beside the Trail that consumes it
+    assert not hasattr(trail_pkg, "AuditTrail") and not hasattr(trail_pkg, "AuditError")
 
 
 def test_sha256_file(tmp_path: Path) -> None:
@@ -272,7 +287,7 @@ def test_sha256_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def s3_trail(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> tuple[AuditTrail, Callable, str]:
+def s3_trail(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> tuple[Trail, Callable, str]:
     """A trail in a fresh bucket, reached the production way: endpoint and credentials from the environment."""
     for key in [k for k in os.environ if k.startswith(("AWS_", "MLFLOW_"))]:
         monkeypatch.delenv(key)
@@ -310,7 +325,7 @@ def test_s3_conditional_write_and_idempotency(s3_trail, moto: MotoServer) -> Non
     trail, key, bucket = s3_trail
     first = fill(trail, 2)[0]
     assert trail.append(body("run-1")) == {**first, "created": False}
-    with pytest.raises(AuditError, match="already has audit record"):
+    with pytest.raises(TrailError, match="already has audit record"):
         trail.append(body("run-1", accuracy=0.1))
     # the store itself refuses to replace an object (If-None-Match: *, answered 412 by moto as by S3)
     assert not trail.store.put_if_absent("000001.json", b"{}")
@@ -335,7 +350,7 @@ def test_s3_concurrent_appends(s3_trail) -> None:
 
 def test_s3_missing_bucket_is_a_clear_error(s3_trail) -> None:
     _ = s3_trail  # the environment points at moto
-    with pytest.raises(AuditError, match="cannot list s3://no-such-bucket-kr/audit/.*NoSuchBucket"):
+    with pytest.raises(TrailError, match="cannot list s3://no-such-bucket-kr/audit/.*NoSuchBucket"):
         open_trail("s3://no-such-bucket-kr/audit").append(body("run-1"))
 
 

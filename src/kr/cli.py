@@ -280,11 +280,11 @@ def audit_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the trail's records, oldest first."""
-    from kr.governance.trail import AuditError, open_trail
+    from kr.governance.trail import TrailError, open_trail
 
     try:
         records = open_trail(uri or default_audit_uri()).records()
-    except AuditError as exc:
+    except TrailError as exc:
         raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(records, indent=2))
@@ -307,11 +307,11 @@ def audit_show(
 @audit_app.command("verify")
 def audit_verify(uri: Annotated[str | None, typer.Option(help="trail folder or s3://bucket/prefix")] = None) -> None:
     """Recompute the hash chain; exit 1 naming the first altered or missing record."""
-    from kr.governance.trail import AuditError, open_trail
+    from kr.governance.trail import TrailError, open_trail
 
     try:
         report = open_trail(uri or default_audit_uri()).verify()
-    except AuditError as exc:
+    except TrailError as exc:
         raise _fail(str(exc)) from None
     if not report.ok:
         raise _fail(f"audit trail broken at {report.first_bad}: {report.problem}", code=1)

@@ -1,4 +1,4 @@
-"""The run summary (`summary.json`, schema kr.run.summary/1), the report and the plots, built from step records."""
+"""The run summary (`summary.json`, schema kr.summary/1), the report and the plots, built from step records."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kr.data import load_saved_dataset
 from kr.run.report import write_report
 from kr.serialization import peak_rss_mb, read_records, write_json
 
-SUMMARY_SCHEMA = "kr.run.summary/1"
+SUMMARY_SCHEMA = "kr.summary/1"
 STEP_ORDER = (
     "validate_data",
     "train_teacher",
