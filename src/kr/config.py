@@ -25,46 +25,80 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors and assignments are validated too."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(Strict):
-    dataset: str = "breastmnist"
-    data_root: str | None = None
-    download: bool = False
+    """Which dataset a run learns, and where its file lies (`kr.data.load_dataset`)."""
+
+    dataset: str = Field(
+        "breastmnist",
+        description="a 2-D MedMNIST flag (28x28 images, e.g. breastmnist) or a path to a .npz in MedMNIST's layout",
+    )
+    data_root: str | None = Field(
+        None, description="folder holding <flag>.npz; None or empty: $KR_DATA_ROOT, else medmnist's ~/.medmnist"
+    )
+    download: bool = Field(
+        False, description="download a missing MedMNIST file (medmnist checks its MD5); custom .npz paths never are"
+    )
 
 
 class ClassifierConfig(Strict):
     """A compact ResNet-style CNN for 28x28 inputs, and how to train it."""
 
     width: int = Field(32, ge=4, description="channels of the first stage; stages use 1x, 2x, 4x")
-    blocks_per_stage: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(30, ge=1)
+    blocks_per_stage: int = Field(2, ge=1, description="residual blocks in each of the three stages")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout probability before the linear head (fraction)")
+    epochs: int = Field(30, ge=1, description="training epochs (fewer when max_steps caps the optimiser steps)")
     max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps: large sets train fewer epochs")
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: bool = True
-    hflip: bool = True
-    bf16: bool | Literal["auto"] = "auto"
+    batch_size: int = Field(
+        128, ge=2, description="images per optimiser step; an epoch's ragged last batch is dropped (BatchNorm)"
+    )
+    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate of the one-cycle schedule (15% warm-up)")
+    weight_decay: float = Field(5e-4, ge=0, description="AdamW decoupled weight decay")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="label smoothing of the hard-label cross-entropy (fraction); soft targets ignore it",
+    )
+    augment: bool = Field(True, description="random shifts of up to 2 pixels (reflect padding) of training batches")
+    hflip: bool = Field(True, description="random horizontal flips (p = 0.5) too; only when augment is on")
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bf16 autocast in training and prediction; auto: where the hardware runs it fast"
+    )
 
 
 class GeneratorConfig(Strict):
     """Class-conditional DDPM on diffusers' UNet2DModel, with EMA and label dropout for guidance."""
 
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
-    attention_levels: list[bool] = Field(default_factory=lambda: [False, False, True])
-    layers_per_block: int = Field(1, ge=1)
-    norm_num_groups: int = Field(16, ge=1)
-    train_steps: int = Field(6000, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(200, ge=0)
-    ema_decay: float = Field(0.999, gt=0, lt=1)
-    label_dropout: float = Field(0.1, ge=0, lt=1)
-    num_train_timesteps: int = Field(1000, ge=10)
+    block_out_channels: list[int] = Field(
+        default_factory=lambda: [32, 64, 64],
+        description="UNet channels per resolution level, each a multiple of norm_num_groups",
+    )
+    attention_levels: list[bool] = Field(
+        default_factory=lambda: [False, False, True],
+        description="per level, whether its down and up blocks use self-attention (the last also the mid block's)",
+    )
+    layers_per_block: int = Field(1, ge=1, description="ResNet layers per UNet down block (diffusers' UNet2DModel)")
+    norm_num_groups: int = Field(16, ge=1, description="GroupNorm groups in the UNet")
+    train_steps: int = Field(6000, ge=1, description="optimiser steps in all; may grow when a run resumes")
+    batch_size: int = Field(64, ge=1, description="images per step, drawn with replacement from the training split")
+    lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate (no weight decay); cosine decay after warm-up")
+    warmup_steps: int = Field(200, ge=0, description="linear learning-rate warm-up, in optimiser steps")
+    ema_decay: float = Field(
+        0.999, gt=0, lt=1, description="ceiling of the EMA decay (diffusers' EMAModel, warm-up power 2/3)"
+    )
+    label_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="fraction of training labels replaced by the no-label token that classifier-free guidance "
+        "(Ho & Salimans 2021) needs",
+    )
+    num_train_timesteps: int = Field(1000, ge=10, description="diffusion timesteps of the DDPM training schedule")
     # The recipe below was chosen by measurement, one change at a time (benchmarks/generator_train.py, README):
     # with epsilon prediction on a linear schedule, 30-70% of samples broke at 500 steps; v prediction on the
     # cosine schedule with min-SNR weighting brought that to 0-5% and raised teacher agreement.
@@ -79,10 +113,16 @@ class GeneratorConfig(Strict):
     snr_gamma: float | None = Field(
         5.0, gt=0, description="min-SNR-gamma loss weighting (Hang et al. 2023; gamma 5 as in the paper); None: MSE"
     )
-    checkpoint_every: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(3, ge=1, description="EMA weights kept for checkpoint selection")
-    hflip: bool = True
-    bf16: bool | Literal["auto"] = "auto"
+    checkpoint_every: int = Field(
+        1000, ge=1, description="optimiser steps between checkpoints (the last step always writes one)"
+    )
+    keep_checkpoints: int = Field(
+        3, ge=1, description="latest checkpoints whose EMA weights are kept for checkpoint selection"
+    )
+    hflip: bool = Field(True, description="random horizontal flips (p = 0.5) of training images")
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bf16 autocast in training; auto: where the hardware runs it fast"
+    )
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the UNet for training; auto: on CUDA only (minutes to compile on a CPU)"
     )
@@ -97,7 +137,11 @@ class GeneratorConfig(Strict):
 
 
 class SamplerConfig(Strict):
-    scheduler: Literal["dpmsolver++", "ddim"] = "dpmsolver++"
+    """How images are drawn from a trained generator (selection and regeneration alike)."""
+
+    scheduler: Literal["dpmsolver++", "ddim"] = Field(
+        "dpmsolver++", description="sampler: multistep DPM-Solver++ (Lu et al. 2022) or DDIM (Song et al. 2021)"
+    )
     steps: int = Field(15, ge=1, description="denoising steps per image (network evaluations, x2 with guidance)")
     solver_order: int = Field(2, ge=1, le=3, description="DPM-Solver++ order (multistep)")
     timestep_spacing: Literal["trailing", "linspace", "leading"] = Field(
@@ -117,8 +161,11 @@ class SelectionConfig(Strict):
     """Checkpoint optimisation and guidance tuning by validation CAS."""
 
     checkpoints: int = Field(3, ge=1, description="how many of the latest kept checkpoints to score")
-    guidance_scales: list[float] = Field(default_factory=lambda: [1.0, 2.0])
-    images_per_class: int = Field(150, ge=1)
+    guidance_scales: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0],
+        description="classifier-free guidance scales tried with each checkpoint; each >= 1 (1 = no guidance)",
+    )
+    images_per_class: int = Field(150, ge=1, description="synthetic images per class drawn for each cell")
     min_teacher_agreement: float = Field(
         0.9,
         ge=0,
@@ -127,7 +174,8 @@ class SelectionConfig(Strict):
         "(unless none reaches it: then the most agreeing cell)",
     )
     classifier: ClassifierConfig = Field(
-        default_factory=lambda: ClassifierConfig(width=16, blocks_per_stage=1, epochs=15, batch_size=64)
+        default_factory=lambda: ClassifierConfig(width=16, blocks_per_stage=1, epochs=15, batch_size=64),
+        description="the quick classifier trained on each cell's samples to score its val CAS",
     )
 
     @model_validator(mode="after")
@@ -140,21 +188,37 @@ class SelectionConfig(Strict):
 class GKDConfig(Strict):
     """Generative Knowledge Distillation: regenerated images labelled with the teacher's soft outputs."""
 
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(
+        20,
+        ge=1,
+        description="not read by any step: the student trains for gkd.student.epochs (the profiles set both alike)",
+    )
     images_per_epoch: float = Field(1.0, gt=0, description="synthetic images per epoch, as a multiple of n_train")
     max_images_per_epoch: int | None = Field(None, ge=2, description="cap, so large sets fit a compute budget")
     pool_slices: int = Field(10, ge=1, description="disjoint fresh slices in the pool; epoch e uses slice e mod this")
     shards: int = Field(2, ge=1, description="regeneration shards (parallel tasks in the pipeline)")
-    temperature: float = Field(2.0, gt=0)
-    guidance_scale: float | None = Field(None, description="None: the scale chosen by selection")
-    student: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    temperature: float = Field(
+        2.0,
+        gt=0,
+        description="distillation temperature T: targets softmax(teacher logits / T), loss scaled by T^2 "
+        "(Hinton et al. 2015)",
+    )
+    guidance_scale: float | None = Field(
+        None, description="classifier-free guidance scale of regeneration; None: the scale chosen by selection"
+    )
+    student: ClassifierConfig = Field(
+        default_factory=ClassifierConfig,
+        description="the student's architecture and recipe; the naive baseline uses them too, with naive.epochs",
+    )
 
 
 class NaiveConfig(Strict):
     """The naive-CAS baseline: the student's architecture, one fixed synthetic set, hard generator labels."""
 
-    enabled: bool = True
-    epochs: int = Field(20, ge=1)
+    enabled: bool = Field(
+        True, description="declared switch; no step reads it yet (the pipelines always train the naive baseline)"
+    )
+    epochs: int = Field(20, ge=1, description="training epochs of the naive baseline (replaces gkd.student.epochs)")
 
 
 ATTACKS = ("loss", "shadow", "lira_offline", "lira_online", "rmia")
@@ -163,9 +227,12 @@ ATTACKS = ("loss", "shadow", "lira_offline", "lira_online", "rmia")
 class PrivacyConfig(Strict):
     """Membership inference against teacher and student, and the generator's memorisation check."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        True, description="declared switch; no step reads it yet (the pipelines always run the privacy audit)"
+    )
     attacks: list[Literal["loss", "shadow", "lira_offline", "lira_online", "rmia"]] = Field(
-        default_factory=lambda: list(ATTACKS)
+        default_factory=lambda: list(ATTACKS),
+        description="membership inference attacks run on every audited model (kr.privacy.mia)",
     )
     reference_models: int = Field(8, ge=2, description="K models of the teacher's recipe, each on a random half")
     max_candidates: int | None = Field(
@@ -177,30 +244,60 @@ class PrivacyConfig(Strict):
         description="where non-members come from; they must share the members' distribution. PneumoniaMNIST's test "
         "split comes from another source than its train split: use [val] there",
     )
-    memorization_samples: int = Field(1000, ge=10)
-    near_copy_quantile: float = Field(0.01, gt=0, lt=0.5)
+    memorization_samples: int = Field(
+        1000, ge=10, description="synthetic pool images checked for near copies (at most the pool's size)"
+    )
+    near_copy_quantile: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="fraction: a near copy is closer to a training image than this quantile of real held-out "
+        "images' distances to training images",
+    )
 
 
 class AccuracyGate(Strict):
-    min_student_accuracy: float = Field(0.0, ge=0, le=1, description="student test accuracy floor")
-    max_gap_pp: float = Field(5.0, ge=0, description="teacher minus student test accuracy, in points")
-    min_above_majority_pp: float = Field(0.0, description="student accuracy above the majority-class rate")
+    """Floors and ceilings on the student's test accuracy; the gate fails on a missing value."""
+
+    min_student_accuracy: float = Field(
+        0.0, ge=0, le=1, description="student test accuracy floor, a fraction in [0, 1]"
+    )
+    max_gap_pp: float = Field(
+        5.0, ge=0, description="ceiling on teacher minus student test accuracy, in percentage points"
+    )
+    min_above_majority_pp: float = Field(
+        0.0, description="floor on student test accuracy minus the test majority-class rate, in percentage points"
+    )
 
 
 class PrivacyGate(Strict):
-    max_auc: float = Field(0.6, ge=0.5, le=1, description="strongest attack's ROC AUC on the student")
-    max_tpr_at_1pct_fpr: float = Field(0.1, ge=0, le=1, description="top TPR at 1% FPR of any attack on the student")
-    max_near_copy_fraction: float = Field(0.05, ge=0, le=1, description="generator near copies of train images")
+    """Ceilings on what the membership inference attacks and the memorisation check found."""
+
+    max_auc: float = Field(0.6, ge=0.5, le=1, description="ceiling on the strongest attack's ROC AUC on the student")
+    max_tpr_at_1pct_fpr: float = Field(
+        0.1, ge=0, le=1, description="ceiling on the top TPR at 1% FPR of any attack on the student (fraction)"
+    )
+    max_near_copy_fraction: float = Field(
+        0.05, ge=0, le=1, description="ceiling on the fraction of audited synthetic images that copy a train image"
+    )
 
 
 class ChampionGate(Strict):
-    tolerance_pp: float = Field(1.0, ge=0, description="how much worse than the current champion is allowed")
+    """How the student compares with the registered champion before it may replace it."""
+
+    tolerance_pp: float = Field(
+        1.0,
+        ge=0,
+        description="how far the student's test accuracy may fall below the champion's, in percentage points",
+    )
 
 
 class GatesConfig(Strict):
-    accuracy: AccuracyGate = Field(default_factory=AccuracyGate)
-    privacy: PrivacyGate = Field(default_factory=PrivacyGate)
-    champion: ChampionGate = Field(default_factory=ChampionGate)
+    """Thresholds a student must meet to be promoted (kr.governance)."""
+
+    accuracy: AccuracyGate = Field(default_factory=AccuracyGate, description="student test accuracy thresholds")
+    privacy: PrivacyGate = Field(default_factory=PrivacyGate, description="membership inference and memorisation")
+    champion: ChampionGate = Field(default_factory=ChampionGate, description="comparison with the current champion")
 
 
 class ValidationConfig(Strict):
@@ -236,7 +333,7 @@ class TrackingConfig(Strict):
 
     uri: str | None = Field(None, description="MLflow tracking URI; None: no tracking (library use)")
     artifact_location: str | None = Field(None, description="experiment artifact root (embedded stores only)")
-    experiment: str = "knowledge-recycling"
+    experiment: str = Field("knowledge-recycling", description="MLflow experiment the runs are logged under")
     model_name: str | None = Field(None, description="registered model; None: kr-<dataset>-student")
 
     @field_validator("uri", "artifact_location")
@@ -252,6 +349,8 @@ class TrackingConfig(Strict):
 
 
 class AuditConfig(Strict):
+    """Where each run's audit record (outcome, inputs, verdicts) is appended."""
+
     uri: str | None = Field(None, description="audit trail: a folder or s3://bucket/prefix; None: no trail")
 
 
@@ -259,37 +358,55 @@ class RunMeta(Strict):
     """Who runs this and where: recorded in tracking tags and the audit record, not part of the method."""
 
     run_key: str = Field("", description="unique per pipeline run; registry and audit idempotency hang on it")
-    image: str = "local"
-    kfp_run_id: str = ""
+    image: str = Field("local", description="container image the steps ran in; local outside a pipeline")
+    kfp_run_id: str = Field("", description="Kubeflow Pipelines run id; empty outside KFP")
 
 
 class RunConfig(Strict):
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: ClassifierConfig = Field(default_factory=ClassifierConfig)
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    gkd: GKDConfig = Field(default_factory=GKDConfig)
-    naive: NaiveConfig = Field(default_factory=NaiveConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    gates: GatesConfig = Field(default_factory=GatesConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    audit: AuditConfig = Field(default_factory=AuditConfig)
-    run: RunMeta = Field(default_factory=RunMeta)
+    """Everything one run needs, resolved once (`resolve_config`) and handed to every step."""
+
+    seed: int = Field(0, description="the run's seed; steps derive their own streams from it (kr.runtime.derive_seed)")
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset and where its file lies")
+    teacher: ClassifierConfig = Field(
+        default_factory=ClassifierConfig, description="the teacher, trained on the real training split"
+    )
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="the class-conditional diffusion generator and its training"
+    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="how images are drawn from it")
+    selection: SelectionConfig = Field(
+        default_factory=SelectionConfig, description="checkpoint and guidance-scale choice by validation CAS"
+    )
+    gkd: GKDConfig = Field(default_factory=GKDConfig, description="regeneration and the distilled student")
+    naive: NaiveConfig = Field(default_factory=NaiveConfig, description="the naive-CAS baseline")
+    privacy: PrivacyConfig = Field(
+        default_factory=PrivacyConfig, description="membership inference audit and memorisation check"
+    )
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="data and synthetic-shard expectations"
+    )
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="promotion thresholds")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking and registry")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="the audit trail")
+    run: RunMeta = Field(default_factory=RunMeta, description="who runs this and where (not part of the method)")
 
     def digest(self) -> str:
-        """The method's configuration only: where a run is tracked or who ran it does not change the model."""
+        """SHA-256 hex digest of the method's configuration only (all but tracking, audit and run): where a run is
+        tracked or who ran it does not change the model."""
         method = self.model_dump(mode="json", exclude={"tracking", "audit", "run"})
         return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()
 
     @property
     def model_name(self) -> str:
+        """The registered model's name: tracking.model_name, else kr-<dataset file stem, lower case>-student."""
         return self.tracking.model_name or f"kr-{Path(self.data.dataset).stem.lower()}-student"
 
 
 def profile_values(profile: str) -> dict[str, Any]:
+    """The values of the built-in profile `profiles/<profile>.yaml` ({} when empty).
+
+    Raises ConfigError when `profile` is not one of PROFILES.
+    """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     text = resources.files("kr").joinpath("profiles", f"{profile}.yaml").read_text()
@@ -297,7 +414,10 @@ def profile_values(profile: str) -> dict[str, Any]:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b.c=VALUE` -> (['a','b','c'], VALUE parsed as YAML, so 3 is an int and [1,2] a list)."""
+    """`a.b.c=VALUE` -> (['a','b','c'], VALUE parsed as YAML, so 3 is an int and [1,2] a list; an empty VALUE is None).
+
+    Raises ConfigError when there is no `=` or no key, or when VALUE is not valid YAML.
+    """
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. gkd.epochs=3")
@@ -309,6 +429,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set tree[path[0]]...[path[-1]] = value in place, creating missing sections as dicts.
+
+    Raises ConfigError when a section on the way holds a value that is not a dict.
+    """
     node = tree
     for i, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
@@ -319,6 +443,8 @@ def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `base` with `extra` merged in recursively (dicts merge, anything else in `extra` replaces);
+    neither argument is changed."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -329,6 +455,10 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file ({} when the file is empty).
+
+    Raises ConfigError when the file is missing, is not valid YAML, or holds something else than a mapping.
+    """
     try:
         values = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as exc:
@@ -348,7 +478,11 @@ def resolve_config(
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Built-in defaults, then the profile, then the file, then `KEY=VALUE` overrides, validated strictly."""
+    """Built-in defaults < `base` < the profile < the file < `KEY=VALUE` overrides, validated strictly.
+
+    Raises ConfigError for an unknown profile, a bad file or override, or values that fail validation (the message
+    lists every failing key).
+    """
     values = deep_merge(base or {}, profile_values(profile))
     if config_file is not None:
         values = deep_merge(values, load_config_file(config_file))

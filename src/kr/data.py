@@ -26,6 +26,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What a loaded dataset is: its identity (name, absolute path, MD5 of the file, source) and its shape (task,
+    classes, channels, image size in pixels, images per split)."""
+
     name: str
     path: str
     md5: str
@@ -48,6 +51,9 @@ class DatasetInfo:
 
 @dataclass(eq=False)  # array fields make generated __eq__ meaningless
 class Dataset:
+    """A validated dataset: images uint8 (N, C, 28, 28) channels-first, labels int64 (N,) in [0, n_classes), per
+    split; every class has at least one training image."""
+
     info: DatasetInfo
     x_train: np.ndarray  # uint8 (N, C, 28, 28)
     y_train: np.ndarray  # int64 (N,)
@@ -57,13 +63,13 @@ class Dataset:
     y_test: np.ndarray
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(images, labels) of split 'train', 'val' or 'test'."""
+        """(images, labels) of split 'train', 'val' or 'test'. Raises DataError for another name."""
         if name not in SPLITS:
             raise DataError(f"{self.info.path}: unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     def class_counts(self, split: str) -> np.ndarray:
-        """Number of images per class in a split (length n_classes)."""
+        """Number of images per class in a split: int64 (n_classes,). Raises DataError for an unknown split."""
         return np.bincount(self.split(split)[1], minlength=self.info.n_classes)
 
 
@@ -92,7 +98,10 @@ def _is_path(dataset: str) -> bool:
 
 
 def dataset_path(dataset: str, data_root: str | Path | None) -> Path:
-    """Path of a custom .npz (relative to the cwd) or of <root>/<flag>.npz for a MedMNIST 2-D flag."""
+    """Absolute path of a custom .npz (relative to the cwd) or of <root>/<flag>.npz for a MedMNIST 2-D flag.
+
+    Raises DataError for a 3-D or unknown flag. The file need not exist.
+    """
     if _is_path(dataset):
         return Path(dataset).expanduser().absolute()
     flag = dataset.strip().lower()
@@ -106,7 +115,10 @@ def dataset_path(dataset: str, data_root: str | Path | None) -> Path:
 
 
 def download_dataset(flag: str, data_root: str | Path | None) -> Path:
-    """Download <flag>.npz (28x28) with medmnist's own class, which also checks the MD5."""
+    """Download <flag>.npz (28x28) with medmnist's own class, which also checks the MD5; returns its path.
+
+    Raises DataError (with how to place the file by hand) when the download fails for any reason.
+    """
     path = dataset_path(flag, data_root)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +230,14 @@ def _missing_message(path: Path, flag: str | None) -> str:
 
 
 def load_dataset(dataset: str, data_root: str | Path | None = None, download: bool = False) -> Dataset:
-    """Load and validate a MedMNIST flag or a custom .npz; images become (N, C, 28, 28) uint8."""
+    """Load and validate a MedMNIST flag or a custom .npz; images become (N, C, 28, 28) uint8.
+
+    The file needs {train,val,test}_{images,labels}: uint8 (N, 28, 28) or (N, 28, 28, 3) images, integer (N,) or
+    (N, 1) labels. With `download`, a missing MedMNIST file is fetched first. Raises DataError, naming the file and
+    the problem, for a missing or unreadable file, pickled arrays, an MD5 or INFO mismatch (MedMNIST flags), a
+    missing key, a wrong dtype or shape, a multi-label task, labels out of range, fewer than two classes, or a
+    class without a training image.
+    """
     path = dataset_path(dataset, data_root)
     flag = None if _is_path(dataset) else path.stem
     if flag is not None and "multi-label" in INFO[flag]["task"]:
@@ -272,7 +291,8 @@ def load_dataset(dataset: str, data_root: str | Path | None = None, download: bo
 
 
 def save_dataset(data: Dataset, folder: str | Path) -> Path:
-    """Write a validated dataset as a pipeline artifact: arrays.npz (channels-first) and info.json."""
+    """Write a validated dataset as a pipeline artifact: arrays.npz (channels-first) and info.json; returns the
+    folder (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "arrays.npz", "wb") as f:

@@ -30,7 +30,11 @@ def sample_grid(
     per_class: int = 8,
     title: str = "",
 ) -> Path:
-    """One row per class: real training images on the left, synthetic ones on the right."""
+    """One row per class: real training images on the left, synthetic ones on the right.
+
+    real_x, syn_x: uint8 (N, C, H, W) with C 1 or 3; real_y, syn_y: int (N,); up to `per_class` images of each
+    class and side. Writes a PNG at `path` (parents created) and returns the path.
+    """
     n_classes = len(class_names)
     fig, axes = plt.subplots(n_classes, 2, figsize=(2 * per_class * 0.45 + 1.5, n_classes * 0.6 + 0.8), squeeze=False)
     for c in range(n_classes):
@@ -51,7 +55,11 @@ def sample_grid(
 
 def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
     """Validation CAS (colour) for every (checkpoint, guidance scale) cell, with its teacher agreement and broken
-    share written in the cell; the chosen cell is outlined."""
+    share written in the cell; the chosen cell is outlined.
+
+    grid: the rows of `select_generator`'s "selection"; chosen: a dict with its "checkpoint" and "guidance_scale"
+    (ValueError when the grid has no such cell). Writes a PNG at `path` (parents created) and returns the path.
+    """
     ckpts = sorted({g["checkpoint"] for g in grid})
     scales = sorted({g["guidance_scale"] for g in grid})
     values = np.full((len(ckpts), len(scales)), np.nan)
@@ -86,7 +94,11 @@ def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
 
 
 def roc_plot(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> Path:
-    """Log-log ROC of every attack (colour) on every model (line style); the diagonal is a guessing attacker."""
+    """Log-log ROC of every attack (colour) on every model (line style); the diagonal is a guessing attacker.
+
+    curves: {model: {attack: (fpr, tpr)}} as `kr.privacy.mia.roc` returns them; rates below 1e-4 are drawn at
+    1e-4. Writes a PNG at `path` (parents created) and returns the path.
+    """
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
     attacks = sorted({a for per_model in curves.values() for a in per_model})

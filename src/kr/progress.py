@@ -28,6 +28,7 @@ class RateColumn(ProgressColumn):
     """Items per second in the bar's own unit (images/s, steps/s)."""
 
     def render(self, task: Task) -> Text:
+        """The task's speed as "12.3 img/s" (the finished speed once done), "- img/s" before there is one."""
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "it")
         return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
@@ -42,12 +43,14 @@ class Bar:
         self._log_every, self._last_log = log_every_s, time.monotonic()
 
     def advance(self, n: float = 1) -> None:
+        """Count `n` more units done; off a terminal, log a line when `log_every_s` seconds have passed."""
         self._progress.update(self._task, advance=n)
         if not self._live and time.monotonic() - self._last_log >= self._log_every:
             self._last_log = time.monotonic()
             self._log_line()
 
     def note(self, text: str) -> None:
+        """Show `text` as the bar's status (e.g. the latest loss) until the next note; log lines carry it too."""
         self._progress.update(self._task, status=text)
 
     def _log_line(self) -> None:
@@ -63,7 +66,10 @@ class Bar:
 
 @contextlib.contextmanager
 def bar(description: str, total: float, unit: str = "it", completed: float = 0) -> Iterator[Bar]:
-    """`with bar("generator", total=steps, unit="step") as b: b.advance(); b.note("loss 0.03")`."""
+    """`with bar("generator", total=steps, unit="step") as b: b.advance(); b.note("loss 0.03")`.
+
+    total and completed (where a resumed loop starts) count `unit`s; the bar is drawn on stderr.
+    """
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(bar_width=30),

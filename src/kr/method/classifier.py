@@ -25,6 +25,9 @@ EpochData = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
 class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): two 3x3 conv-BN layers and a residual connection, projected by a 1x1
+    conv-BN when the stride or the width changes."""
+
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
@@ -38,13 +41,18 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, c_in, H, W) -> float (N, c_out, ceil(H / stride), ceil(W / stride))."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.skip(x))
 
 
 class SmallResNet(nn.Module):
-    """Three stages at 28, 14 and 7 pixels; about 0.7 M parameters at width 32."""
+    """Three stages at 28, 14 and 7 pixels; about 0.7 M parameters at width 32.
+
+    Input float (N, channels, 28, 28) scaled to [-1, 1] (`kr.runtime.to_unit`); output float logits (N, n_classes).
+    `arch` holds the constructor arguments, saved with the weights so `load_classifier` can rebuild the model.
+    """
 
     def __init__(
         self, channels: int, n_classes: int, width: int = 32, blocks_per_stage: int = 2, dropout: float = 0.1
@@ -66,16 +74,24 @@ class SmallResNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, channels, H, W) in [-1, 1] -> float logits (N, n_classes)."""
         return self.head(self.stages(self.stem(x)))
 
 
 def build_classifier(cfg: ClassifierConfig, channels: int, n_classes: int, seed: int) -> SmallResNet:
+    """A fresh, untrained SmallResNet of cfg's width, blocks_per_stage and dropout, on the CPU.
+
+    Seeds torch's global generator with `seed` first (a side effect), so the initial weights depend on it alone.
+    """
     torch.manual_seed(seed)  # initial weights are part of what makes a run reproducible
     return SmallResNet(channels, n_classes, cfg.width, cfg.blocks_per_stage, cfg.dropout)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
-    """Random shifts of up to 2 pixels (reflect padding) and optional horizontal flips, on a whole batch."""
+    """Random shifts of up to 2 pixels (reflect padding) and optional horizontal flips (p = 0.5), on a whole batch.
+
+    x: float (N, C, H, W) on the CPU (where `gen` draws); returns a new tensor of the same shape; x is unchanged.
+    """
     n = x.shape[0]
     padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
     dx = torch.randint(0, 5, (n,), generator=gen)
@@ -92,7 +108,12 @@ def augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) up to a constant, scaled by T^2 as in Hinton et al. so gradients keep their size."""
+    """The GKD distillation loss: KL(teacher || student) up to the teacher's entropy (a constant), scaled by T^2 so
+    gradients keep their size (Hinton et al. 2015, sec. 2; Lomurno and Matteucci 2025).
+
+    logits: float student logits (N, K); target_probs: float (N, K) rows summing to 1, the teacher's
+    softmax(logits / T); returns a scalar: T^2 * mean over rows of -sum_k p_k log softmax(logits / T)_k.
+    """
     log_p = F.log_softmax(logits / temperature, dim=1)
     return -(target_probs * log_p).sum(dim=1).mean() * temperature**2
 
@@ -101,6 +122,10 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, tempera
 def predict_logits(
     model: nn.Module, x_uint8: np.ndarray, batch_size: int = 512, bf16: bool | str = "auto"
 ) -> np.ndarray:
+    """Logits of uint8 (N, C, H, W) images -> float32 numpy (N, K); float32 (0, 0) for no images.
+
+    `model` must already be on `kr.runtime.device()`; it is put in eval mode (and left there).
+    """
     model.eval()
     dev = device()
     outs = []
@@ -126,9 +151,17 @@ def fit(
     temperature: float = 1.0,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train; with `val`, keep the weights of the best epoch on it (else the last). Returns the training history.
+    """Train in place (moved to `kr.runtime.device()`); with `val`, keep the weights of the best epoch on it (else
+    the last). Returns the training history.
 
-    `epoch_data(e)` gives (uint8 images, targets); int targets are hard labels, float (N, K) rows soft labels.
+    `epoch_data(e)` gives (uint8 images (N, C, H, W), targets); int targets (N,) are hard labels (cross-entropy with
+    cfg.label_smoothing), float (N, K) rows soft labels (`soft_cross_entropy` at `temperature`). Every epoch should
+    hold as many images as epoch 0, which sets steps per epoch = max(1, N // cfg.batch_size).
+    val: (uint8 images, int labels) scored after every epoch; the best epoch has the highest accuracy, AUC breaking
+    ties. AdamW with a one-cycle schedule; cfg.epochs epochs, or fewer when cfg.max_steps caps the steps.
+    on_epoch(epoch, record) is called after each epoch with that epoch's history record.
+    Returns {"history": [{"epoch", "train_loss", and with val "val_accuracy", "val_auc", "best"}], "best_epoch":
+    int, "val": the best epoch's `classification_metrics` (None without val), "train_s": seconds}.
     """
     dev = device()
     model.to(dev)
@@ -200,6 +233,10 @@ def _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps, de
 
 
 def save_classifier(model: SmallResNet, path: Path, extra: dict | None = None) -> Path:
+    """Write {"arch", "state_dict", "extra"} to `path` (parents created) atomically; returns the path.
+
+    `extra` must hold plain values (str, numbers, lists, dicts): `load_classifier` reads with weights_only=True.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -209,6 +246,10 @@ def save_classifier(model: SmallResNet, path: Path, extra: dict | None = None) -
 
 
 def load_classifier(path: Path) -> SmallResNet:
+    """The SmallResNet that `save_classifier` wrote, in eval mode on `kr.runtime.device()`.
+
+    torch.load's errors propagate (FileNotFoundError for a missing file).
+    """
     blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     model = SmallResNet(**blob["arch"])
     model.load_state_dict(blob["state_dict"])

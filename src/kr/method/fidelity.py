@@ -74,6 +74,7 @@ class Envelope:
         return ((s < np.asarray(self.low)) | (s > np.asarray(self.high))).any(axis=1)
 
     def to_dict(self) -> dict:
+        """JSON-ready dict: low, high, quantile, margin, and "statistics" (the names of the bounded columns)."""
         d = asdict(self)
         d["statistics"] = list(STATISTICS)
         return d
@@ -174,7 +175,12 @@ class RealReference:
 def real_reference(
     teacher: torch.nn.Module, x_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
 ) -> RealReference:
-    """Fit the envelope on real training images (uint8 (N, C, H, W)) and embed real validation images."""
+    """Fit the envelope on real training images (uint8 (N, C, H, W)) and embed real validation images (uint8 (M,
+    C, H, W), int labels (M,)) in the teacher's feature space.
+
+    The envelope's false-positive rate is the share of val images it calls broken (NaN for no val image).
+    Raises ValueError when x_train is empty.
+    """
     envelope = fit_envelope(x_train)
     _, feats = teacher_outputs(teacher, x_val)
     fpr = float(envelope.broken(x_val).mean()) if len(x_val) else float("nan")
@@ -184,9 +190,11 @@ def real_reference(
 def fidelity(teacher: torch.nn.Module, ref: RealReference, x_fake: np.ndarray, y_fake: np.ndarray, k: int = 3) -> dict:
     """Fidelity of synthetic uint8 (M, C, H, W) images drawn for int labels (M,), overall and per class.
 
-    Returns {teacher_agreement, broken_fraction, frechet_distance, precision, recall, n, per_class: {c: {...}}};
-    agreement, broken fraction, precision and recall are fractions in [0, 1], the distance is in squared
-    teacher-feature units.
+    Returns {teacher_agreement, broken_fraction, frechet_distance, precision, recall, n, per_class: {c: {...}},
+    envelope_false_positive_rate}; agreement, broken fraction, precision and recall are fractions in [0, 1], the
+    distance is in squared teacher-feature units (Heusel et al. 2017; precision and recall: Kynkaanniemi et al.
+    2019, with k neighbours). A class compares with the real images of that class; a measure without enough
+    samples is NaN.
     """
     y_fake = np.asarray(y_fake).astype(np.int64)
     logits, feats = teacher_outputs(teacher, x_fake)

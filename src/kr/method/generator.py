@@ -33,10 +33,18 @@ log = logging.getLogger(__name__)
 
 
 class GeneratorError(RuntimeError):
+    """A generator folder that cannot be used: trained with other settings, or without the weights asked for."""
+
     pass
 
 
 def build_unet(cfg: GeneratorConfig, channels: int, n_classes: int, image_size: int = 28) -> UNet2DModel:
+    """An untrained class-conditional diffusers UNet2DModel for (channels, image_size, image_size) images.
+
+    It embeds n_classes + 1 class indices: index n_classes is the "no label" token of classifier-free guidance
+    (Ho & Salimans 2021). Called as unet(x float (N, C, S, S), t, class_labels=int64 (N,)).sample -> float (N, C,
+    S, S): the noise or the velocity, as cfg.prediction_type says.
+    """
     levels = list(zip(cfg.block_out_channels, cfg.attention_levels, strict=True))
     return UNet2DModel(
         sample_size=image_size,
@@ -55,6 +63,8 @@ def build_unet(cfg: GeneratorConfig, channels: int, n_classes: int, image_size: 
 
 
 def build_noise_scheduler(cfg: GeneratorConfig) -> DDPMScheduler:
+    """The DDPM training schedule: cfg.num_train_timesteps steps, cfg.beta_schedule, and cfg.prediction_type
+    (epsilon, or v-prediction as in Salimans & Ho 2022)."""
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
@@ -64,15 +74,20 @@ def build_noise_scheduler(cfg: GeneratorConfig) -> DDPMScheduler:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A complete checkpoint: `step` optimiser steps done, its folder `path` (checkpoints/step-NNNNNN)."""
+
     step: int
     path: Path
 
     @property
     def name(self) -> str:
+        """The folder name, e.g. "step-000500"."""
         return self.path.name
 
 
 def list_checkpoints(gen_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints (an ema/ folder, not a .tmp leftover) under gen_dir/checkpoints, by step ascending;
+    [] when there is none."""
     root = Path(gen_dir) / "checkpoints"
     if not root.is_dir():
         return []
@@ -140,7 +155,18 @@ def train_generator(
     seed: int,
     stop_after: int | None = None,
 ) -> dict:
-    """Train (or resume) the generator in `out_dir`. `stop_after` ends early after that many steps (tests)."""
+    """Train (or resume) the generator in `out_dir`. `stop_after` ends early after that many steps (tests).
+
+    x_train: uint8 (N, C, H, H); y_train: int (N,) in [0, n_classes). Each step draws cfg.batch_size images with
+    replacement, replaces a cfg.label_dropout share of labels by the "no label" token (for classifier-free
+    guidance, Ho & Salimans 2021) and regresses the epsilon or v target (Salimans & Ho 2022) with MSE, min-SNR-gamma
+    weighted when cfg.snr_gamma is set (Hang et al. 2023). Resumes from the latest checkpoint with optimiser state;
+    batches depend only on (seed, step), so a resumed run matches an unbroken one.
+    Raises GeneratorError when `out_dir/spec.json` records other model-shaping settings, channels, classes or seed.
+    Returns {"steps" (reached), "resumed_from", "complete" (bool), "params", "final_loss" (mean of the last 100
+    steps, None when no step ran), "loss_curve" ([step, mean loss] per window of up to 50 steps), "train_s"
+    (seconds), "checkpoints" (names)}.
+    """
     out_dir = Path(out_dir)
     channels = int(x_train.shape[1])
     _check_spec(out_dir, _spec(cfg, channels, n_classes, seed))
@@ -253,6 +279,10 @@ def _save_checkpoint(out_dir: Path, step: int, unet, opt, lr_sched, ema, keep: i
 
 
 def load_generator(checkpoint_dir: Path) -> UNet2DModel:
+    """The EMA UNet of a checkpoint folder (`Checkpoint.path`), in eval mode on `kr.runtime.device()`.
+
+    Raises GeneratorError when checkpoint_dir/ema does not exist.
+    """
     path = Path(checkpoint_dir) / "ema"
     if not path.is_dir():
         raise GeneratorError(f"no generator weights at {path}")
@@ -262,7 +292,9 @@ def load_generator(checkpoint_dir: Path) -> UNet2DModel:
 
 
 def sampling_scheduler(gen_dir: Path, cfg: SamplerConfig):
-    """The sampling scheduler for a generator trained in `gen_dir`, from its saved training schedule.
+    """The sampling scheduler for a generator trained in `gen_dir`, from its saved training schedule: diffusers'
+    DPMSolverMultistepScheduler (DPM-Solver++, Lu et al. 2022, of order cfg.solver_order) or DDIMScheduler.
+    diffusers raises OSError when gen_dir/scheduler holds no saved schedule.
 
     Steps are spaced "trailing" by default, so the first step starts at the last training timestep, where the
     schedule's noise is what sampling starts from. DDPMScheduler's own default, "leading", starts 1000/steps
@@ -294,7 +326,8 @@ def sampling_scheduler(gen_dir: Path, cfg: SamplerConfig):
 
 
 def balanced_labels(n: int, n_classes: int, offset: int = 0) -> np.ndarray:
-    """n labels cycling through the classes, so every class gets n / n_classes (+-1) images."""
+    """int64 (n,) labels cycling through the classes from `offset` (label i is (i + offset) mod n_classes), so every
+    class gets n / n_classes (+-1) images."""
     return ((np.arange(n) + offset) % n_classes).astype(np.int64)
 
 
@@ -308,8 +341,14 @@ def sample(
     seed: int,
     description: str = "sampling",
 ) -> np.ndarray:
-    """Draw one image per label. guidance_scale 1 is plain conditional sampling; above 1, classifier-free
-    guidance against the "no label" token (twice the compute). Returns uint8 (N, C, H, W)."""
+    """Draw one image per label. guidance_scale 1 is plain conditional sampling; otherwise classifier-free
+    guidance (Ho & Salimans 2021) against the "no label" token, pred_u + w (pred_c - pred_u) (twice the compute).
+
+    unet: from `load_generator` (on `kr.runtime.device()`); scheduler: from `sampling_scheduler` (its timesteps are
+    reset per batch); labels: int (N,) in [0, n_classes). Batch b's starting noise comes from seed * 1_000_003 + b,
+    so the images depend on cfg.batch_size too. Returns uint8 (N, C, H, W), H = W = the UNet's sample_size
+    (uint8 (0, C, H, W) for no labels).
+    """
     dev = device()
     n_classes = unet.config.num_class_embeds - 1
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)

@@ -7,6 +7,10 @@ from sklearn.metrics import roc_auc_score
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax(logits / temperature) of float (N, K) logits -> probabilities (N, K), rows summing to 1.
+
+    The row maximum is subtracted first, so large logits cannot overflow; the float dtype is kept.
+    """
     z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -14,7 +18,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, ROC AUC (binary: positive class; multi-class: macro one-vs-rest) and per-class recall."""
+    """Accuracy, ROC AUC (binary: positive class; multi-class: macro one-vs-rest) and per-class recall.
+
+    logits: float (N, K); labels: int (N,) in [0, K). Returns {"accuracy", "auc", "n", "per_class": {"c": {"n",
+    "recall"}}, "confusion_matrix"}: accuracy and recall are fractions in [0, 1] (recall None for an absent class);
+    auc is NaN when fewer than two classes are present, and multi-class AUC renormalises the probabilities over
+    the classes present; confusion_matrix is K x K counts, rows true class, columns predicted.
+    """
     probs = softmax(logits.astype(np.float64))
     pred = probs.argmax(axis=1)
     n_classes = probs.shape[1]
@@ -54,4 +64,5 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def majority_rate(labels: np.ndarray) -> float:
+    """Share of the most common class among int labels (N,), a fraction in [0, 1]; ValueError when N is 0."""
     return float(np.bincount(np.asarray(labels).astype(np.int64)).max() / len(labels))

@@ -20,13 +20,17 @@ from kr.runtime import derive_seed
 
 
 def pool_size(n_train: int, images_per_epoch: float, pool_slices: int, cap: int | None = None) -> tuple[int, int]:
-    """(images per slice, total images) of the GKD pool for a real training set of n_train images."""
+    """(images per slice, total images) of the GKD pool for a real training set of n_train images.
+
+    images per slice = max(2, round(images_per_epoch * n_train)), at most `cap`; total = that * pool_slices.
+    """
     per_slice = max(2, round(images_per_epoch * n_train))
     per_slice = per_slice if cap is None else min(per_slice, cap)
     return per_slice, per_slice * pool_slices
 
 
 def shard_sizes(total: int, shards: int) -> list[int]:
+    """`total` images split into `shards` sizes that differ by at most 1 (the larger first) and sum to `total`."""
     base, extra = divmod(total, shards)
     return [base + (1 if i < extra else 0) for i in range(shards)]
 
@@ -45,7 +49,13 @@ def regenerate_shard(
 ) -> dict:
     """Draw one shard and write it as .npz: images (uint8 N,C,H,W), gen_labels (int64 N), teacher_logits
     (float32 N,K). With `data`, the shard's fidelity against real val is measured (`kr.method.fidelity`) and returned
-    under "fidelity"; its teacher agreement is always returned."""
+    under "fidelity"; its teacher agreement is always returned.
+
+    Labels are class-balanced, rotated by `shard`; noise comes from derive_seed(seed, "regenerate", shard), so
+    shards never repeat each other. Returns {"path", "shard", "checkpoint", "guidance_scale", "n", "class_counts",
+    "teacher_agreement" (fraction in [0, 1]), "fidelity" (None without data)}. Raises GeneratorError when
+    `gen_dir/checkpoints/<checkpoint>` holds no EMA weights.
+    """
     unet = load_generator(Path(gen_dir) / "checkpoints" / checkpoint)
     n_classes = unet.config.num_class_embeds - 1
     labels = balanced_labels(n_images, n_classes, offset=shard)
@@ -82,6 +92,11 @@ def _fidelity(teacher, data: Dataset, images: np.ndarray, labels: np.ndarray) ->
 
 
 def load_pool(paths: list[Path]) -> dict[str, np.ndarray]:
+    """The regeneration shards at `paths`, concatenated in path order: {"images": uint8 (N, C, H, W),
+    "gen_labels": int64 (N,), "teacher_logits": float32 (N, K)}.
+
+    Raises ValueError when `paths` is empty.
+    """
     parts = []
     for p in sorted(paths, key=str):
         with np.load(p, allow_pickle=False) as z:

@@ -45,6 +45,10 @@ def choose(
     3. Among the tied cells, the lowest Frechet distance in the teacher's features (the closest match to the real
        distribution), then the higher agreement, then the smaller guidance scale, then the later checkpoint.
 
+    grid: rows with "val_cas" and "teacher_agreement" (fractions in [0, 1]), "guidance_scale" and "step";
+    "broken_fraction" (missing: 0) and "frechet_distance" (missing or NaN: ranks last) are optional. Returns the
+    chosen row itself. Raises ValueError on an empty grid.
+
     Why: val CAS alone cannot choose at MedMNIST's sizes. On BreastMNIST's 78 val images one image is 1.3 points,
     and the quick classifier latched onto darkened malignant samples (val CAS 0.27-0.58 at 92% agreement). On
     PneumoniaMNIST, val CAS picked guidance 3 by 2 points (76.3% against 74.2%: within noise over 524 images)
@@ -80,9 +84,14 @@ def select_generator(
 ) -> dict:
     """Score every (checkpoint, guidance scale) cell of the latest `cfg.checkpoints` checkpoints and choose one.
 
-    Writes `selection.json` and `selection_samples.npz` (the chosen cell's uint8 (N, C, H, W) samples) to
-    `out_dir`; returns the chosen cell, its fidelity, and the grid (one row per cell: val CAS, val CAS AUC and
-    the fidelity measures of `kr.method.fidelity.FIDELITY_KEYS`). Raises GeneratorError when there is no checkpoint.
+    Every cell draws cfg.images_per_class images per class from the same noise (derive_seed(seed, "selection")),
+    trains a quick classifier (cfg.classifier) on them with the generator's labels and scores it on real val
+    (val CAS, Ravuri & Vinyals 2019); `choose` then picks with `max_broken_fraction` and cfg.min_teacher_agreement.
+    Writes `selection.json` and `selection_samples.npz` (the chosen cell's uint8 (N, C, H, W) samples and int64
+    labels) to `out_dir`; returns {"checkpoint", "checkpoint_path", "guidance_scale", "val_cas", "fidelity",
+    "envelope", "envelope_false_positive_rate", "selection"}: the chosen cell, its fidelity, the real-image envelope,
+    and the grid (one row per cell: val CAS, val CAS AUC and the fidelity measures of
+    `kr.method.fidelity.FIDELITY_KEYS`). Raises GeneratorError when there is no checkpoint.
     """
     checkpoints = list_checkpoints(gen_dir)[-cfg.checkpoints :]
     if not checkpoints:

@@ -14,7 +14,8 @@ from kr.method.regeneration import load_pool
 
 
 def pool_slices(n: int, slices: int, seed: int) -> list[np.ndarray]:
-    """Disjoint index slices of equal size over a shuffled pool (a fresh set of images per epoch)."""
+    """`slices` disjoint, sorted int64 index arrays of n // slices each over a shuffled pool of n images (a fresh set
+    of images per epoch); the n % slices left over are never used. Deterministic in `seed`."""
     order = np.random.default_rng(seed).permutation(n)
     size = n // slices
     return [np.sort(order[i * size : (i + 1) * size]) for i in range(slices)]
@@ -28,7 +29,14 @@ def _evaluate(model, data: Dataset) -> dict:
 
 
 def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir: Path, seed: int) -> dict:
-    """Epoch e trains on slice e mod pool_slices; targets are softmax(teacher logits / T)."""
+    """GKD (Lomurno and Matteucci 2025): epoch e trains on slice e mod cfg.pool_slices of the regenerated pool, with
+    targets softmax(teacher logits / T) and the T^2-scaled soft cross-entropy (`soft_cross_entropy`).
+
+    pool_paths: regeneration shards (`load_pool`); the student never sees a real training image, real val picks
+    the best epoch. It trains for cfg.student.epochs (cfg.epochs is not read). Writes `out_dir/student.pt`.
+    Returns {"path", "pool_images", "images_per_epoch", "best_epoch", "history", "train_s" (seconds), "val",
+    "test" (`classification_metrics`)}. Raises ValueError when pool_paths is empty.
+    """
     pool = load_pool(pool_paths)
     slices = pool_slices(len(pool["images"]), cfg.pool_slices, seed)
     targets = softmax(pool["teacher_logits"].astype(np.float64), cfg.temperature).astype(np.float32)
@@ -59,7 +67,12 @@ def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir
 
 
 def train_naive(data: Dataset, pool_paths: list[Path], gkd: GKDConfig, cfg: NaiveConfig, seed: int) -> dict:
-    """Naive CAS: the student's architecture on one fixed synthetic set with the generator's hard labels."""
+    """Naive CAS (Classification Accuracy Score, Ravuri & Vinyals 2019): the student's architecture and recipe,
+    for cfg.epochs, on one fixed synthetic set (the pool's first slice) with the generator's hard labels.
+
+    Nothing is saved. Returns {"images", "best_epoch", "train_s" (seconds), "val", "test" (`classification_metrics`)}.
+    Raises ValueError when pool_paths is empty.
+    """
     pool = load_pool(pool_paths)
     fixed = pool_slices(len(pool["images"]), gkd.pool_slices, seed)[0]
     x, y = pool["images"][fixed], pool["gen_labels"][fixed].astype(np.int64)

@@ -11,7 +11,12 @@ from kr.method.metrics import classification_metrics
 
 
 def train_teacher(data: Dataset, cfg: ClassifierConfig, out_dir: Path, seed: int) -> dict:
-    """Train on real train with augmentation, keep the best epoch by real val, score once on real test."""
+    """Train on real train with augmentation, keep the best epoch by real val, score once on real test.
+
+    Writes `out_dir/teacher.pt` (`save_classifier`, extra: role, dataset_md5). Returns {"path", "params" (count),
+    "best_epoch", "history" (per-epoch records of `fit`), "train_s" (seconds), "val", "test"
+    (`classification_metrics` dicts: accuracy a fraction in [0, 1])}.
+    """
     info = data.info
     model = build_classifier(cfg, info.channels, info.n_classes, seed)
     history = fit(model, lambda _epoch: (data.x_train, data.y_train), (data.x_val, data.y_val), cfg, seed, "teacher")

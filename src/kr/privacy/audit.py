@@ -27,7 +27,11 @@ def audit_candidates(
     data: Dataset, max_candidates: int | None, seed: int, nonmember_splits: tuple[str, ...] = ("val", "test")
 ) -> tuple[np.ndarray, ...]:
     """(images, labels, is_member, source index) with equal numbers of members and non-members.
-    Source index: the position in the train split for members, in the concatenated non-member splits otherwise."""
+    Source index: the position in the train split for members, in the concatenated non-member splits otherwise.
+
+    n = min(train size, held-out size, max_candidates) of each, drawn without replacement; members first. Returns
+    uint8 (2n, C, H, W), int64 (2n,), bool (2n,), int64 (2n,). Raises DataError for an unknown split name.
+    """
     held_x = np.concatenate([data.split(s)[0] for s in nonmember_splits])
     held_y = np.concatenate([data.split(s)[1] for s in nonmember_splits])
     n = min(len(data.x_train), len(held_x), max_candidates or len(held_x))
@@ -43,7 +47,11 @@ def audit_candidates(
 def train_reference_models(
     x: np.ndarray, y: np.ndarray, ref_in: np.ndarray, cfg: ClassifierConfig, channels: int, n_classes: int, seed: int
 ) -> np.ndarray:
-    """Logits (K, N, C) of K reference models on all candidates; model k trained on the candidates in ref_in[k]."""
+    """Logits (K, N, C) of K reference models on all candidates; model k trained on the candidates in ref_in[k].
+
+    x: uint8 (N, C, H, W); y: int (N,); ref_in: bool (K, N). No validation split: each keeps its last epoch.
+    Returns float32 (K, N, n_classes).
+    """
     out = []
     for k, mask in enumerate(ref_in):
         model = build_classifier(cfg, channels, n_classes, derive_seed(seed, "reference", k))
@@ -68,6 +76,13 @@ def run_attacks(
     attacks: list[str],
     seed: int,
 ) -> dict[str, np.ndarray]:
+    """Scores of each named attack (names of kr.config.ATTACKS) on the target's logits: {name: float (N,)}, higher
+    meaning "more likely a member".
+
+    logits: float (N, K); y: int (N,); ref_logits: float (R, N, K); ref_in: bool (R, N); seed drives the shadow
+    attack and RMIA's population. is_member is not read (no attack sees the truth). Raises KeyError for an unknown
+    attack name.
+    """
     scorers = {
         "loss": lambda: mia.loss_attack(logits, y),
         "shadow": lambda: mia.shadow_attack(logits, y, ref_logits, ref_in, seed),
@@ -79,7 +94,11 @@ def run_attacks(
 
 
 def strongest(attacks: dict[str, dict]) -> dict:
-    """The attack with the highest AUC; the TPR at 1% FPR is the highest of any attack (the gate reads both)."""
+    """The attack with the highest AUC; the TPR at 1% FPR is the highest of any attack (the gate reads both).
+
+    attacks: {name: `mia.attack_metrics` dict}, at least one. Returns {"attack", "auc", "auc_ci", "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_attack", "tpr_at_01pct_fpr"}.
+    """
     name = max(attacks, key=lambda a: attacks[a]["auc"])
     return {
         "attack": name,
@@ -102,7 +121,10 @@ def roc_points(scores: np.ndarray, is_member: np.ndarray, max_points: int = 200)
 
 
 def aop(accuracy: float, auc: float) -> float:
-    """Accuracy-over-privacy: accuracy x (0.5 / AUC)^2, AUC floored at chance."""
+    """Accuracy-over-privacy: accuracy x (0.5 / AUC)^2, AUC floored at chance.
+
+    accuracy: a fraction in [0, 1]; returns a value in [0, accuracy] (accuracy itself at AUC <= 0.5).
+    """
     return float(accuracy * (0.5 / max(auc, 0.5)) ** 2)
 
 
@@ -116,7 +138,16 @@ def audit_privacy(
     out_dir: Path,
     seed: int,
 ) -> dict:
-    """Attack every model in `models` (name -> weights, e.g. teacher and student) and check memorisation."""
+    """Attack every model in `models` (name -> weights, e.g. teacher and student) and check memorisation.
+
+    accuracy: name -> test accuracy (fraction in [0, 1]) for every model, for its AOP. Candidates come from
+    `audit_candidates`; cfg.reference_models reference models (cfg.reference, else teacher_cfg) each train on a
+    random half of them. Memorisation samples cfg.memorization_samples images of the pool (`pool_paths`) against
+    real train and real val+test. Writes out_dir/privacy.json and out_dir/mia_roc.png. Returns {"threat_model",
+    "n_members", "n_nonmembers", "reference_models", <model name>: {"attacks", "strongest", "aop",
+    "most_exposed_train_indices"}, "memorization", "roc_plot"}. Raises KeyError when `accuracy` lacks a model,
+    ValueError when `pool_paths` is empty.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x, y, is_member, source = audit_candidates(data, cfg.max_candidates, seed, tuple(cfg.nonmember_splits))

@@ -11,7 +11,11 @@ import numpy as np
 
 
 def nearest_distances(queries: np.ndarray, refs: np.ndarray, batch: int = 512) -> np.ndarray:
-    """L2 distance (pixels scaled to [0, 1]) from each query image to its closest reference image."""
+    """L2 distance (pixels scaled to [0, 1]) from each query image to its closest reference image.
+
+    queries: uint8 (M, ...) and refs: uint8 (R, ...), R >= 1, of the same per-image size; returns float32 (M,).
+    `batch` queries are compared at a time (memory M_batch x R).
+    """
     q = queries.reshape(len(queries), -1).astype(np.float32) / 255.0
     r = refs.reshape(len(refs), -1).astype(np.float32) / 255.0
     r_sq = (r**2).sum(1)
@@ -28,7 +32,13 @@ def memorization(
 ) -> dict:
     """Distance to closest record: each synthetic image against real train and real held-out images (same count).
     A generator that copies sits much closer to train than to held-out (median ratio well below 1). A near copy is
-    a synthetic image closer to a training image than all but `near_copy_quantile` of real held-out images are."""
+    a synthetic image closer to a training image than all but `near_copy_quantile` of real held-out images are.
+
+    synthetic, train, holdout: uint8 (N, C, H, W), train and holdout non-empty; both reference sets are subsampled
+    (with `seed`) to min(len(train), len(holdout)). Distances are L2 over pixels scaled to [0, 1]. Returns
+    {"n_synthetic", "n_reference", "near_copy_threshold", "near_copy_fraction", "dcr_train_median",
+    "dcr_holdout_median", "dcr_ratio_median", "closer_to_train_fraction"}; fractions in [0, 1].
+    """
     rng = np.random.default_rng(seed)
     n_ref = min(len(train), len(holdout))
     train_ref = train[rng.choice(len(train), n_ref, replace=False)]

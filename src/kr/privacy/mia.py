@@ -20,7 +20,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact binomial interval for k successes in n trials."""
+    """Exact (Clopper-Pearson 1934) two-sided 1 - alpha interval (lo, hi) in [0, 1] for a binomial proportion with
+    k successes in n trials; (0, 1) when n is 0."""
     if n == 0:
         return (0.0, 1.0)
     lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
@@ -29,7 +30,8 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
 
 def auc_interval(auc: float, n_pos: int, n_neg: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Hanley-McNeil (1982) normal interval for a ROC AUC."""
+    """Hanley-McNeil (1982) normal 1 - alpha interval (lo, hi) for a ROC AUC over n_pos positives and n_neg
+    negatives (both > 0), clipped to [0, 1]."""
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
     var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
     half = float(stats.norm.ppf(1 - alpha / 2) * np.sqrt(max(var, 0.0)))
@@ -37,13 +39,22 @@ def auc_interval(auc: float, n_pos: int, n_neg: int, alpha: float = 0.05) -> tup
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
-    """Highest TPR among thresholds whose FPR does not exceed max_fpr (0 when none does)."""
+    """Highest TPR among thresholds whose FPR does not exceed max_fpr (0 when none does).
+
+    fpr, tpr: float (T,) as sklearn's roc_curve returns them; the result is a fraction in [0, 1].
+    """
     ok = fpr <= max_fpr + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
 def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict:
-    """ROC AUC (with interval), balanced accuracy at the best threshold, TPR at 1% and 0.1% FPR (Clopper-Pearson)."""
+    """ROC AUC (with interval), balanced accuracy at the best threshold, TPR at 1% and 0.1% FPR (Clopper-Pearson).
+
+    scores: float (N,), higher meaning "member"; is_member: bool (N,). Returns {"auc", "auc_ci", "balanced_accuracy",
+    "n_members", "n_nonmembers", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "tpr_at_01pct_fpr",
+    "tpr_at_01pct_fpr_ci"}, rates and AUC as fractions in [0, 1], intervals as [lo, hi] at 95%.
+    Raises ValueError when a score is NaN or infinite, or when members or non-members are missing.
+    """
     scores = np.asarray(scores, np.float64)
     is_member = np.asarray(is_member, bool)
     if not np.isfinite(scores).all():
@@ -68,6 +79,7 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict:
 
 
 def roc(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr), float (T,) each, of scores (N,) against bool is_member (N,), members the positive class."""
     fpr, tpr, _ = roc_curve(np.asarray(is_member, bool), np.asarray(scores, np.float64))
     return fpr, tpr
 
@@ -76,7 +88,11 @@ def roc(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def true_class_logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """phi = log p_y - log(1 - p_y), computed stably as z_y - logsumexp(z_other): LiRA's Gaussian-friendly statistic."""
+    """phi = log p_y - log(1 - p_y), computed stably as z_y - logsumexp(z_other): LiRA's Gaussian-friendly statistic
+    (Carlini et al., "Membership Inference Attacks From First Principles", S&P 2022).
+
+    logits: float (N, K), K >= 2; labels: int (N,) in [0, K). Returns float64 (N,).
+    """
     logits = np.asarray(logits, np.float64)
     idx = np.arange(len(labels))
     z_y = logits[idx, labels]
@@ -86,11 +102,13 @@ def true_class_logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarra
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-example cross-entropy -log softmax(logits)_y, in nats: float (N, K), int (N,) -> float64 (N,) >= 0."""
     logits = np.asarray(logits, np.float64)
     return logsumexp(logits, axis=1) - logits[np.arange(len(labels)), labels]
 
 
 def true_class_prob(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """softmax(logits)_y per example: float (N, K), int (N,) -> float64 (N,) in [0, 1]."""
     return np.exp(-cross_entropy(logits, labels))
 
 
@@ -98,7 +116,7 @@ def true_class_prob(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def loss_attack(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Yeom et al. 2018: members have lower loss."""
+    """Loss attack (Yeom et al. 2018): members have lower loss. Returns -cross-entropy, float64 (N,)."""
     return -cross_entropy(logits, labels)
 
 
@@ -113,6 +131,8 @@ def _shadow_features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def true_class_margin_clip(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`true_class_logit_margin` clipped to [-30, 30], float64 (N,): a saturated softmax gives an extreme margin that
+    would dominate the Gaussian fits."""
     return np.clip(true_class_logit_margin(logits, labels), -30, 30)
 
 
@@ -120,7 +140,12 @@ def shadow_attack(
     target_logits: np.ndarray, labels: np.ndarray, ref_logits: np.ndarray, ref_in: np.ndarray, seed: int = 0
 ) -> np.ndarray:
     """Shokri et al. 2017: an attack classifier learns IN vs OUT from shadow models' outputs (their own training
-    membership is known), then scores the target's outputs. Shadow models are the reference models here."""
+    membership is known), then scores the target's outputs. Shadow models are the reference models here.
+
+    target_logits: float (N, K); labels: int (N,); ref_logits: float (R, N, K); ref_in: bool (R, N). A logistic
+    regression on standardised features (top-3 probabilities, clipped margin, -loss, one-hot label); returns its
+    decision values (log-odds of "member"), float64 (N,).
+    """
     k = ref_logits.shape[0]
     feats = np.concatenate([_shadow_features(ref_logits[i], labels) for i in range(k)])
     member = np.concatenate([ref_in[i] for i in range(k)])
@@ -151,8 +176,14 @@ def lira(
     online: bool,
     min_count: int = 8,
 ) -> np.ndarray:
-    """LiRA (Carlini et al. 2022). Online: likelihood ratio of the target's phi under the IN and OUT Gaussians.
-    Offline: how far the target's phi sits above the OUT Gaussian (one-sided), needing no IN models."""
+    """LiRA (Carlini et al., "Membership Inference Attacks From First Principles", S&P 2022). Online: log likelihood
+    ratio of the target's phi under the IN and OUT Gaussians. Offline: how far the target's phi sits above the OUT
+    Gaussian (one-sided, log CDF), needing no IN models.
+
+    phi is the clipped true-class logit margin. target_logits: float (N, K); labels: int (N,); ref_logits: float
+    (R, N, K); ref_in: bool (R, N). An example with fewer than `min_count` reference models on a side uses the
+    global std of that side. Returns float64 (N,).
+    """
     phi = true_class_margin_clip(target_logits, labels)
     phi_ref = np.stack([true_class_margin_clip(r, labels) for r in ref_logits])
     mu_out, sd_out = _gaussian_stats(phi_ref, ~ref_in, min_count)
@@ -171,8 +202,15 @@ def rmia(
     n_population: int = 2000,
     seed: int = 0,
 ) -> np.ndarray:
-    """RMIA (Zarifzadeh et al. 2024): how often x's likelihood ratio p(x|target)/p(x) beats that of population
-    samples z by more than gamma. p(x) averages the reference models (half IN, half OUT for each x)."""
+    """RMIA (Zarifzadeh et al., "Low-Cost High-Power Membership Inference Attacks", ICML 2024): how often x's
+    likelihood ratio p(x|target)/p(x) beats that of population samples z by more than gamma. p(x) averages the
+    reference models (half IN, half OUT for each x).
+
+    p is the true-class probability. The population is min(n_population, N) of the candidates themselves, drawn
+    with `seed`. target_logits: float (N, K); labels: int (N,); ref_logits: float (R, N, K); ref_in: bool (R, N),
+    not read (kept for the common attack signature). Returns float64 (N,): the fraction in [0, 1] plus a 1e-9 *
+    ratio tie-breaker.
+    """
     p_target = true_class_prob(target_logits, labels)
     p_ref = np.stack([true_class_prob(r, labels) for r in ref_logits]).mean(0)
     ratio = p_target / np.maximum(p_ref, 1e-12)
@@ -184,8 +222,8 @@ def rmia(
 
 
 def half_splits(n: int, k: int, seed: int) -> np.ndarray:
-    """(k, n) IN masks: pairs of complementary random halves, so every example is IN for exactly half the models
-    (k odd: one unpaired half at the end)."""
+    """bool (k, n) IN masks: pairs of complementary random halves, so every example is IN for exactly half the
+    models (k odd: one unpaired half at the end). Deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     masks = []
     while len(masks) < k:
