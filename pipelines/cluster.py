@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from kr.pipelines.compile import compile_pipeline
-from kr.pipelines.knowledge_recycling import ClusterSettings
-
-from kr.run.request import RunRequest
+from kr.pipelines.settings import ClusterSettings
+from kr.steps import RunRequest
 
 CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 
@@ -39,8 +37,12 @@ def check_cron(expr: str) -> str:
 
 def cluster_arguments(req: RunRequest, cluster: ClusterSettings) -> dict:
     """The run's parameters for a cluster: the run folder comes from the run id, data from the shared volume."""
-    req = replace(
-        req, run_dir="", runs_root=cluster.runs_mount, data_root=req.data_root or f"{cluster.runs_mount}/data"
+    req = req.model_copy(
+        update={
+            "run_dir": "",
+            "runs_root": cluster.runs_mount,
+            "data_root": req.data_root or f"{cluster.runs_mount}/data",
+        }
     )
     return req.pipeline_arguments()
 

@@ -1,21 +1,24 @@
 """`kr run`: execute the KFP DAG on this machine with `kfp.local` (SubprocessRunner: no cluster, no Docker).
 
-The same pipeline definition runs on a cluster; here every task is a subprocess of this Python environment and
-its outputs stay under `<out>/kfp`. The run folder itself is shared by the tasks (records, checkpoints).
+The same pipeline definition runs on a cluster; here every task is a subprocess of this Python environment, its
+artifacts stay under `<out>/kfp`, and the run folder `<out>` gets the summary, report, plots and Data Docs. With
+caching on, a task whose inputs (its config section, upstream artifacts, data) equal an earlier run's is reused
+from kfp.local's cache instead of executed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kfp import local
-from kr.pipelines.knowledge_recycling import ClusterSettings, build_pipeline
 
-from kr.run.request import RunRequest
+from kr.pipelines.knowledge_recycling import build_pipeline
+from kr.pipelines.settings import ClusterSettings
+from kr.steps import RUN_DIR_ENV, RunRequest
 
 RUNNER = "kfp.local"
 LOCAL_IMAGE = "local"  # the SubprocessRunner ignores images and runs the components in this environment
@@ -24,7 +27,7 @@ RUN_FILES = (
     "report.md",
     "samples.png",
     "selection.png",
-    "records",
+    "mia_roc.png",
     "failure.json",
     "kfp",
     "tracking.json",
@@ -34,16 +37,17 @@ RUN_FILES = (
 
 
 class PipelineFailed(RuntimeError):
-    pass
+    """The pipeline ended with a failed task; the message names the step and its error when the run recorded it."""
 
 
 def archive_previous(out: Path) -> Path | None:
-    """A run into a folder that already holds a run keeps the old results under history/<finished_at>/."""
+    """A run into a folder that already holds a run keeps the old results under history/<finished_at>/ (the
+    generator's checkpoints stay: they are what the new run resumes from). Returns the archive, None if none."""
     old = out / "summary.json"
     if old.exists():
         stamp = json.loads(old.read_text()).get("finished_at", "unknown").replace(":", "")
-    elif (out / "failure.json").exists() or (out / "records").exists():
-        # a run that died without a summary (killed): keep what it recorded
+    elif any((out / name).exists() for name in ("failure.json", "kfp", "tracking.json")):
+        # a run that died without a summary (killed): keep what it left
         stamp = "unfinished-" + datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     else:
         return None
@@ -54,26 +58,39 @@ def archive_previous(out: Path) -> Path | None:
     for name in RUN_FILES:
         if (out / name).exists():
             shutil.move(str(out / name), dest / name)
-    # every step's outputs move too, but the generator: its checkpoints are what the new run resumes from
-    for step in (out / "steps").glob("*"):
-        if step.name != "generator":
-            (dest / "steps").mkdir(exist_ok=True)
-            shutil.move(str(step), dest / "steps" / step.name)
     return dest
 
 
-def run_local(req: RunRequest, out: Path) -> dict:
-    """Execute the pipeline; returns the summary its exit task wrote. Raises PipelineFailed when the run failed."""
+def run_local(req: RunRequest, out: Path, cache_root: Path | None = None) -> dict:
+    """Execute the pipeline into the run folder `out`; returns the summary. `cache_root`: reuse tasks from (and add
+    them to) kfp.local's cache there; None: execute every task. Raises PipelineFailed when the run failed."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     archive_previous(out)
-    req = replace(req, run_dir=str(out), started_at=req.started_at or datetime.now(UTC).isoformat(timespec="seconds"))
+    started = req.started_at or datetime.now(UTC).isoformat(timespec="seconds")
+    checkpoints = req.checkpoints_root or str(cache_root.parent / "checkpoints" if cache_root else out / "checkpoints")
+    req = req.model_copy(update={"run_dir": str(out), "started_at": started, "checkpoints_root": checkpoints})
     # use_venv=False: components run in this interpreter, where kr and torch are already installed
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=False)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(out / "kfp"),
+        raise_on_error=False,
+        enable_caching=cache_root is not None,
+        cache_root=str(cache_root) if cache_root else None,
+    )
     # no retries: on one machine a failure is not a preempted pod, and retrying bad data only wastes minutes; one
     # shard at a time: two torch processes on a few cores slow each other down several times over
     local_settings = ClusterSettings(retries=0, regen_parallelism=1)
-    build_pipeline(LOCAL_IMAGE, local_settings, runner=RUNNER)(**req.pipeline_arguments())
+    previous = os.environ.get(RUN_DIR_ENV)
+    # the tasks' run folder, told outside their inputs so that it never enters a cache key
+    os.environ[RUN_DIR_ENV] = str(out)
+    try:
+        build_pipeline(LOCAL_IMAGE, local_settings, runner=RUNNER)(**req.pipeline_arguments())
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise PipelineFailed(f"the pipeline ended without writing {summary_path}; see the task logs above")

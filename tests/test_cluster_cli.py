@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from kr.pipelines.cluster import ClusterError, check_cron, cluster_arguments
-from kr.pipelines.knowledge_recycling import ClusterSettings
 from typer.testing import CliRunner
 
 from kr.cli import app
+from kr.pipelines.cluster import ClusterError, check_cron, cluster_arguments
+from kr.pipelines.settings import ClusterSettings
 from kr.run.request import RunRequest, resolve_request
 
 IMAGE = "registry.example.org/kr:0.1.0-abc"

@@ -13,11 +13,7 @@ PRIVACY = {
     "student": {"strongest": {"auc": 0.52, "tpr_at_1pct_fpr": 0.02}},
     "memorization": {"near_copy_fraction": 0.0},
 }
-SUMMARY = {
-    "teacher": {"test": {"accuracy": 0.85}},
-    "student": {"test": {"accuracy": 0.83}},
-    "dataset": {"majority_rate_test": 0.73},
-}
+STUDENT, TEACHER, MAJORITY = 0.83, 0.85, 0.73
 
 
 def test_privacy_gate_passes_within_thresholds() -> None:
@@ -47,11 +43,9 @@ def test_no_privacy_block_fails_every_check() -> None:
 
 
 def test_accuracy_gate_checks_floor_gap_and_majority() -> None:
-    ok = accuracy_gate(SUMMARY, AccuracyGate(min_student_accuracy=0.8, max_gap_pp=3, min_above_majority_pp=8))
-    assert ok["passed"]
-    gap = accuracy_gate(SUMMARY, AccuracyGate(max_gap_pp=1))
+    strict = AccuracyGate(min_student_accuracy=0.8, max_gap_pp=3, min_above_majority_pp=8)
+    assert accuracy_gate(STUDENT, TEACHER, MAJORITY, strict)["passed"]
+    gap = accuracy_gate(STUDENT, TEACHER, MAJORITY, AccuracyGate(max_gap_pp=1))
     assert not gap["passed"] and "teacher minus student" in gap["reasons"][0]
-    missing = copy.deepcopy(SUMMARY)
-    del missing["teacher"]
-    verdict = accuracy_gate(missing, AccuracyGate())
+    verdict = accuracy_gate(STUDENT, None, MAJORITY, AccuracyGate())
     assert not verdict["passed"] and any("missing" in r for r in verdict["reasons"])

@@ -19,8 +19,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from kr.pipelines.knowledge_recycling import ClusterSettings
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+from kr.pipelines.knowledge_recycling import ClusterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -9,7 +9,9 @@ import yaml
 from datagen import kr
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
+
 from kr.pipelines.compile import compile_pipeline
+from kr.run.step_table import STEPS
 
 IMAGE = "registry.example.org/kr:0.1.0-test"
 
@@ -51,6 +53,7 @@ def test_dag_shape(compiled) -> None:
         "audit-privacy",
         "evaluate-gates",
         "condition-branches-3",
+        "summarize",
     }
     deps = {name: set(task.dependent_tasks) for name, task in exit_dag.items()}
     assert deps["validate-data"] == {"resolve-config"}
@@ -58,7 +61,15 @@ def test_dag_shape(compiled) -> None:
     assert deps["train-teacher"] == deps["train-generator"] == {"resolve-config", "validate-data"}
     assert {"train-teacher", "train-generator"} <= deps["select-generator"]
     assert "for-loop-2" in deps["train-student"]
-    assert {"audit-privacy", "train-naive"} <= deps["evaluate-gates"]
+    # the gates' inputs are the results they judge: the dependencies are the data's edges
+    assert deps["evaluate-gates"] == {
+        "resolve-config",
+        "validate-data",
+        "train-teacher",
+        "train-student",
+        "audit-privacy",
+    }
+    assert {"train-naive", "condition-branches-3", "for-loop-2", "evaluate-gates"} <= deps["summarize"]
     # the fan-out iterates over plan-shards' output
     loop = exit_dag["for-loop-2"]
     assert loop.parameter_iterator.items.input_parameter
@@ -124,19 +135,41 @@ def test_gpu_settings_on_heavy_steps_only(compiled) -> None:
     assert secrets == {"kr-mlflow", "kr-s3"}
 
 
-def test_caching_retries_and_shared_run_volume(compiled) -> None:
+def test_caching_retries_and_the_runs_volume_follow_the_step_table(compiled) -> None:
     spec, platform, _ = compiled
     tasks = dict(spec.components["comp-exit-handler-1"].dag.tasks)
     tasks |= dict(spec.components["comp-condition-4"].dag.tasks) | dict(spec.components["comp-condition-5"].dag.tasks)
-    for name in ("evaluate-gates", "audit-privacy", "promote", "record-rejection"):
+    tasks |= dict(spec.components["comp-for-loop-2"].dag.tasks) | dict(spec.root.dag.tasks)
+    for step in STEPS:
+        assert tasks[step.task].caching_options.enable_cache is step.cache, step.name
+        assert tasks[step.task].retry_policy.max_retry_count == (2 if step.retries else 0), step.name
+    # evidence and decisions are never reused from an earlier run
+    for name in ("evaluate-gates", "audit-privacy", "promote", "record-rejection", "summarize", "finalize-run"):
         assert tasks[name].caching_options.enable_cache is False, name
-    assert tasks["train-teacher"].caching_options.enable_cache is True
-    assert tasks["train-teacher"].retry_policy.max_retry_count == 2
     k8s = json_format.MessageToDict(platform)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    # every task mounts the run volume: records and generator checkpoints outlive a preempted pod
-    for name, executor in k8s.items():
-        mounts = {(m["constant"], m["mountPath"]) for m in executor["pvcMount"]}
-        assert mounts == {("kr-runs", "/mnt/kr-runs")}, name
+    mounted = {name.removeprefix("exec-") for name, e in k8s.items() if e.get("pvcMount")}
+    # the shared volume only where it is the right tool: run folders and the generator's resumable checkpoints
+    assert mounted == {s.task for s in STEPS if s.run_volume} and "train-generator" in mounted
+    assert "train-teacher" not in mounted and "regenerate" not in mounted
+
+
+def test_a_gkd_change_leaves_the_upstream_cache_keys_alone() -> None:
+    """A task's cache key is its inputs; its config input is its own section, so gkd.* touches only what reads it."""
+    from kr.config import resolve_config
+    from kr.run.step_table import step_config
+
+    base = resolve_config("smoke")
+    changed = resolve_config("smoke", overrides=["gkd.temperature=5", "gkd.student.epochs=3"])
+    other_run = base.model_copy(update={"run": base.run.model_copy(update={"run_key": "another-run"})})
+    for step in ("validate_data", "train_teacher", "train_generator", "select_generator"):
+        assert step_config(changed, step) == step_config(base, step) == step_config(other_run, step), step
+    for step in ("plan_shards", "train_student", "train_naive"):
+        assert step_config(changed, step) != step_config(base, step), step
+
+
+def test_no_task_is_ordered_by_anything_but_data() -> None:
+    for path in (Path(__file__).parents[1] / "pipelines").glob("*.py"):
+        assert "after(" not in path.read_text(), path
 
 
 def test_compile_command_writes_the_image(tmp_path: Path) -> None:

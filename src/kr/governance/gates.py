@@ -52,8 +52,9 @@ def _verdict(checks: list[dict]) -> dict:
     }
 
 
-def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict:
-    """The strongest attack on the student and the generator's near copies, against the configured ceilings."""
+def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
+    """The strongest attack on the student (ROC AUC, TPR at 1% FPR) and the generator's near-copy fraction against
+    the configured ceilings. `privacy` is the privacy audit's result (kr.privacy.audit); None fails every check."""
     checks: list[dict] = []
     _check(checks, "student strongest attack AUC", _dig(privacy, "student.strongest.auc"), "<=", cfg.max_auc)
     _check(
@@ -73,11 +74,12 @@ def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict:
     return _verdict(checks)
 
 
-def accuracy_gate(summary: dict, cfg: AccuracyGate) -> dict:
+def accuracy_gate(
+    student: float | None, teacher: float | None, majority: float | None, cfg: AccuracyGate
+) -> dict[str, Any]:
+    """The student's real test accuracy against a floor, its gap to the teacher and its lead over the majority-class
+    rate (all accuracies fractions in [0, 1]; gap and lead in percentage points). A None is a failed check."""
     checks: list[dict] = []
-    student = _dig(summary, "student.test.accuracy")
-    teacher = _dig(summary, "teacher.test.accuracy")
-    majority = _dig(summary, "dataset.majority_rate_test")
     _check(checks, "student test accuracy", student, ">=", cfg.min_student_accuracy)
     gap = 100 * (teacher - student) if isinstance(student, float) and isinstance(teacher, float) else None
     _check(checks, "teacher minus student (pp)", gap, "<=", cfg.max_gap_pp)
@@ -86,13 +88,24 @@ def accuracy_gate(summary: dict, cfg: AccuracyGate) -> dict:
     return _verdict(checks)
 
 
-def evaluate_gates(summary: dict, cfg: RunConfig) -> dict:
-    """Every gate's verdict and the overall one. The data gate is the loader's checks: reaching here passed them."""
-    dataset = summary.get("dataset") or {}
+def evaluate_gates(
+    cfg: RunConfig,
+    dataset: dict[str, Any] | None,
+    majority_rate: float | None,
+    teacher_accuracy: float | None,
+    student_accuracy: float | None,
+    privacy: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Every gate's verdict and the overall one: {"data", "accuracy", "privacy": verdict, "passed": bool}.
+
+    dataset: the validated file's info (its MD5 proves the data gate: reaching here passed the loader's checks and
+    the expectation suites). privacy: the privacy audit's result as a dict, None when it did not run (fails).
+    """
+    dataset = dataset or {}
     gates = {
         "data": {"passed": "md5" in dataset, "md5": dataset.get("md5"), "source": dataset.get("source")},
-        "accuracy": accuracy_gate(summary, cfg.gates.accuracy),
-        "privacy": privacy_gate(summary.get("privacy"), cfg.gates.privacy),
+        "accuracy": accuracy_gate(student_accuracy, teacher_accuracy, majority_rate, cfg.gates.accuracy),
+        "privacy": privacy_gate(privacy, cfg.gates.privacy),
     }
     gates["passed"] = all(g["passed"] for g in gates.values())
     return gates

@@ -1,8 +1,8 @@
-"""The end of a run: register the student, promote or record the rejection, and write the audit record.
+"""The end of a run: register the student, promote or record the rejection, and write the run's trail record.
 
-Three outcomes, one record each in the audit trail: `promoted` (every gate passed, alias moved), `rejected` (the
-student is registered with its verdicts, the champion is untouched) and `failed` (a step failed; written by the
-pipeline's exit handler). Steps are retried by KFP, so everything here is idempotent per run key.
+Three outcomes, one record each in the trail (`kr.governance.trail`): `promoted` (every gate passed, alias
+moved), `rejected` (the student is registered with its verdicts, the champion is untouched) and `failed` (a step
+failed; written by the pipeline's exit handler). Steps are retried by KFP, so everything here is idempotent per run key.
 """
 
 from __future__ import annotations
@@ -11,34 +11,34 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from kr.config import RunConfig
-from kr.data import load_saved_dataset
 from kr.governance import registry
-from kr.governance.trail import sha256_file
+from kr.governance.trail import open_trail, sha256_file
+from kr.results import RunResults
 from kr.run import tracking
-from kr.serialization import read_records, write_json
+from kr.serialization import write_json
 
-AUDIT_COPY = "audit_record.json"
-
-
-def _result(records: dict, step: str) -> dict | None:
-    return records[step]["result"] if step in records else None
+# the run folder's copy of the run's trail record (the file name predates the trail's own name)
+TRAIL_RECORD_COPY = "audit_record.json"
 
 
-def audit_body(
+def trail_body(
     cfg: RunConfig,
     run_dir: Path,
     outcome: str,
     registry_block: dict | None,
     gates: dict | None,
     started_at: str,
+    results: RunResults,
+    student_path: Path | None = None,
     error: str | None = None,
 ) -> dict:
-    """One run as the audit trail keeps it: inputs, outputs, verdicts, times (DESIGN.md's audit record)."""
-    records = read_records(run_dir)
-    data, student, teacher = (_result(records, s) for s in ("validate_data", "train_student", "train_teacher"))
-    info = (data or {}).get("info", {})
-    student_path = Path(student["path"]) if student else None
+    """One run as the trail keeps it (DESIGN.md's audit record): inputs (data file, code, image, config), outputs
+    (the student's SHA-256, the registry version, test accuracies as fractions), verdicts and times (UTC ISO-8601)."""
+    info = results.data.info if results.data else {}
+    student, teacher = results.student, results.teacher
     return {
         "run_id": cfg.run.run_key,
         "outcome": outcome,
@@ -55,10 +55,10 @@ def audit_body(
             "config": cfg.model_dump(mode="json"),
         },
         "outputs": {
-            "model_sha256": sha256_file(student_path) if student_path and student_path.exists() else None,
+            "model_sha256": sha256_file(student_path) if student_path and Path(student_path).exists() else None,
             "registry": registry_block,
-            "student_test_accuracy": student["test"]["accuracy"] if student else None,
-            "teacher_test_accuracy": teacher["test"]["accuracy"] if teacher else None,
+            "student_test_accuracy": student.test.accuracy if student else None,
+            "teacher_test_accuracy": teacher.test.accuracy if teacher else None,
         },
         "gates": gates,
         "mlflow": {"tracking_uri": cfg.tracking.uri, "parent_run_id": tracking.parent_run_id(run_dir)},
@@ -68,17 +68,17 @@ def audit_body(
     }
 
 
-def append_audit(cfg: RunConfig, run_dir: Path, body: dict) -> dict | None:
-    """Append once per run (a retried step gets the entry it wrote before) and keep a copy in the run folder."""
+def append_record(cfg: RunConfig, run_dir: Path, body: dict) -> dict | None:
+    """Append the run's record once (a retried step gets the record it wrote before) and keep a copy in the run
+    folder. Returns the reference the summary and registry keep, None without a trail (`audit.uri` unset).
+    Raises kr.governance.trail.TrailError on an unusable trail or a conflicting record for this run."""
     if not cfg.audit.uri:
         return None
-    from kr.governance.trail import open_trail
-
     trail = open_trail(cfg.audit.uri)
     entry = trail.find(body["run_id"]) if body["run_id"] else None
     if entry is None:
         entry = trail.append(body)
-    write_json(Path(run_dir) / AUDIT_COPY, trail.get(entry["record_id"]))
+    write_json(Path(run_dir) / TRAIL_RECORD_COPY, trail.get(entry["record_id"]))
     return _reference(entry, cfg.audit.uri)
 
 
@@ -88,27 +88,38 @@ def _reference(record: dict, uri: str | None) -> dict:
 
 
 def recorded(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The reference to the audit record this run already wrote, if any."""
-    copy = Path(run_dir) / AUDIT_COPY
+    """The reference to the trail record this run already wrote (its copy in the run folder), if any."""
+    copy = Path(run_dir) / TRAIL_RECORD_COPY
     return _reference(json.loads(copy.read_text()), cfg.audit.uri) if copy.exists() else None
 
 
-def conclude(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str, promote: bool) -> dict:
-    """Register the student with every verdict, promote when allowed, and write the run's audit record."""
-    records = read_records(run_dir)
-    gates = dict(_result(records, "evaluate_gates") or {"passed": False})
-    student = records["train_student"]
+def conclude(
+    cfg: RunConfig,
+    run_dir: Path,
+    student_path: Path,
+    example: np.ndarray,
+    results: RunResults,
+    started_at: str,
+    promote: bool,
+) -> dict:
+    """Register the student with every verdict, promote when allowed, and write the run's trail record.
+
+    example: uint8 (2, C, 28, 28) real test images for the model's signature (stays inside the registry's store).
+    Returns {"outcome": "promoted" | "rejected", "registry": version block or None, "gates": verdicts with the
+    champion gate, "audit": trail reference or None}. Idempotent per run key (KFP retries steps).
+    """
+    gates = results.gates.verdicts() if results.gates else {"passed": False}
+    student = results.student
     registry_block = None
-    if tracking.enabled(cfg):
-        example = load_saved_dataset(data_dir).x_test[:2]
-        run_id = student.get("mlflow_run_id") or tracking.parent_run_id(run_dir)
+    if tracking.enabled(cfg) and student is not None:
+        run_id = student.mlflow_run_id or tracking.parent_run_id(run_dir)
         registry_block = registry.decide(
             cfg,
             run_id,
-            Path(student["result"]["path"]),
+            Path(student_path),
             example,
             gates,
-            student["result"]["test"]["accuracy"],
+            student.test.accuracy,
             promote=promote and bool(gates.get("passed")),
             move_alias=False,
         )
@@ -117,20 +128,21 @@ def conclude(cfg: RunConfig, run_dir: Path, data_dir: Path, started_at: str, pro
         gates["champion"] = {"passed": False, "evaluated": False, "reasons": ["no tracking URI: no registry"]}
     gates["passed"] = bool(gates.get("passed")) and gates["champion"]["passed"]
     outcome = "promoted" if registry_block and registry_block["promoted"] else "rejected"
-    # the record first, then the alias: no model becomes champion without its audit record (a failure in between
+    # the record first, then the alias: no model becomes champion without its trail record (a failure in between
     # leaves a record of a promotion that did not happen, never a champion nobody recorded)
-    audit = append_audit(cfg, run_dir, audit_body(cfg, run_dir, outcome, registry_block, gates, started_at))
+    body = trail_body(cfg, run_dir, outcome, registry_block, gates, started_at, results, Path(student_path))
+    reference = append_record(cfg, run_dir, body)
     if registry_block and registry_block["promoted"]:
         registry.set_champion(cfg, registry_block["version"])
-    if audit and registry_block:
-        registry.tag_audit(cfg, registry_block["version"], audit)
-    return {"outcome": outcome, "registry": registry_block, "gates": gates, "audit": audit}
+    if reference and registry_block:
+        registry.tag_trail_record(cfg, registry_block["version"], reference)
+    return {"outcome": outcome, "registry": registry_block, "gates": gates, "audit": reference}
 
 
 def record_failure(cfg: RunConfig, run_dir: Path, started_at: str, error: str | None) -> dict | None:
-    """A failed run's audit record (the exit handler's job); a run that already concluded keeps its record."""
+    """A failed run's trail record (the exit handler's job); a run that already concluded keeps its record."""
     existing = recorded(cfg, run_dir)
     if existing:
         return existing
-    gates = _result(read_records(run_dir), "evaluate_gates")
-    return append_audit(cfg, run_dir, audit_body(cfg, run_dir, "failed", None, gates, started_at, error))
+    body = trail_body(cfg, run_dir, "failed", None, None, started_at, RunResults(), error=error)
+    return append_record(cfg, run_dir, body)

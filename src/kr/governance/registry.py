@@ -248,8 +248,8 @@ def set_champion(cfg: RunConfig, version: str) -> None:
     client(cfg).set_registered_model_alias(cfg.model_name, CHAMPION, version)
 
 
-def tag_audit(cfg: RunConfig, version: str, entry: dict) -> None:
-    """The version points to its audit record (the record already names the version)."""
+def tag_trail_record(cfg: RunConfig, version: str, entry: dict) -> None:
+    """The version points to its trail record (the record already names the version); the tag names are kept."""
     c = client(cfg)
     c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_id", entry["record_id"])
     c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_hash", entry["record_hash"])

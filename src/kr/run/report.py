@@ -44,7 +44,7 @@ def _privacy_lines(privacy: dict | None) -> list[str]:
         f"Generator memorisation: {_pct(m['near_copy_fraction'])} near copies; median distance ratio "
         f"(closest train / closest held-out) {m['dcr_ratio_median']:.3f}.",
         "",
-        "![MIA ROC](steps/privacy/mia_roc.png)",
+        "![MIA ROC](mia_roc.png)",
         "",
     ]
     return lines

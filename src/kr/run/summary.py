@@ -1,11 +1,18 @@
-"""The run summary (`summary.json`, schema kr.summary/1), the report and the plots, built from step records."""
+"""The run summary (`summary.json`, schema kr.summary/1), its plots and report, built from the typed step results.
+
+One section per part of the run; a step that did not run leaves its section None (a failed run's summary says
+where it stopped). The keys are a published contract: extend them, never rename them.
+"""
 
 from __future__ import annotations
 
-import json
 import platform
+import resource
+import shutil
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,76 +20,147 @@ import kr
 from kr import plots
 from kr.config import RunConfig
 from kr.data import load_saved_dataset
+from kr.results import (
+    ClassifierResult,
+    Conclusion,
+    DataResult,
+    Evaluation,
+    GatesResult,
+    GeneratorResult,
+    NaiveResult,
+    RunResults,
+    SelectionResult,
+    ShardResult,
+)
 from kr.run.report import write_report
-from kr.serialization import peak_rss_mb, read_records, write_json
+from kr.run.step_table import ORDER
+from kr.serialization import write_json
 
 SUMMARY_SCHEMA = "kr.summary/1"
-STEP_ORDER = (
-    "validate_data",
-    "train_teacher",
-    "train_generator",
-    "select_generator",
-    "regenerate",
-    "train_student",
-    "train_naive",
-    "audit_privacy",
-    "evaluate_gates",
-    "promote",
-    "record_rejection",
-)
+DATASET_KEYS = ("name", "md5", "task", "n_classes", "channels", "n_train", "n_val", "n_test", "source", "class_names")
 NOT_CONCLUDED = {"passed": False, "evaluated": False, "reasons": ["the run ended before the champion gate"]}
+NOT_EVALUATED = {"passed": False, "reasons": ["the run ended before its gates were evaluated"]}
 
 
-def _headline(metrics: dict | None) -> dict | None:
-    return {"accuracy": metrics["accuracy"], "auc": metrics["auc"]} if metrics else None
+def _headline(metrics: Evaluation | None) -> dict | None:
+    return {"accuracy": metrics.accuracy, "auc": metrics.auc} if metrics else None
 
 
-def _result(records: dict, step: str) -> dict | None:
-    return records[step]["result"] if step in records else None
+def dataset_section(data: DataResult | None, cfg: RunConfig) -> dict[str, Any]:
+    """The validated file: name, MD5, sizes, classes and the test split's majority-class rate (fraction)."""
+    if not data:
+        return {"name": cfg.data.dataset}
+    return {**{k: data.info[k] for k in DATASET_KEYS}, "majority_rate_test": data.majority_rate_test}
 
 
-def _shards(records: dict) -> list[dict]:
-    return sorted(
-        (r["result"] for name, r in records.items() if name.startswith("regenerate-")), key=lambda s: s["shard"]
-    )
-
-
-def _timings(records: dict) -> dict[str, float]:
-    timings = {name: r["seconds"] for name, r in records.items() if not name.startswith("regenerate-")}
-    shards = [r["seconds"] for name, r in records.items() if name.startswith("regenerate-")]
-    if shards:
-        timings["regenerate"] = round(sum(shards), 2)
-    return {k: timings[k] for k in STEP_ORDER if k in timings} | {
-        k: v for k, v in timings.items() if k not in STEP_ORDER
+def teacher_section(teacher: ClassifierResult | None) -> dict[str, Any] | None:
+    """The teacher's val/test accuracy and ROC AUC, per-class test recall, kept epoch and size."""
+    if not teacher:
+        return None
+    return {
+        "val": _headline(teacher.val),
+        "test": _headline(teacher.test),
+        "test_per_class": teacher.test.model_extra.get("per_class"),
+        "best_epoch": teacher.best_epoch,
+        "params": getattr(teacher, "params", None),
     }
 
 
+def generator_section(selection: SelectionResult | None, generator: GeneratorResult | None) -> dict[str, Any] | None:
+    """The chosen (checkpoint, guidance scale) cell, its fidelity, the whole selection grid and the training."""
+    if not selection:
+        return None
+    training = generator.model_dump(include={"steps", "resumed_from", "params", "final_loss"}) if generator else None
+    return {
+        "checkpoint": selection.checkpoint,
+        "guidance_scale": selection.guidance_scale,
+        "val_cas": selection.val_cas,
+        "fidelity": selection.fidelity,
+        "selection": selection.selection,
+        "training": training,
+    }
+
+
+def _pooled(shards: list[ShardResult], key: str) -> float | None:
+    """Image-weighted mean of a per-shard fraction over the whole pool (None when a shard lacks it)."""
+    values = [(s.fidelity or {}).get(key, getattr(s, key, None)) for s in shards]
+    if any(v is None for v in values):
+        return None
+    return float(np.average(values, weights=[s.n for s in shards]))
+
+
+def regeneration_section(shards: list[ShardResult]) -> dict[str, Any] | None:
+    """The regenerated GKD pool: size, guidance, per-shard counts and fidelity, pooled agreement and broken share."""
+    if not shards:
+        return None
+    shards = sorted(shards, key=lambda s: s.shard)
+    keys = {"shard", "n", "class_counts", "teacher_agreement", "fidelity"}
+    return {
+        "images": sum(s.n for s in shards),
+        "guidance_scale": shards[0].guidance_scale,
+        "shards": [s.model_dump(include=keys) for s in shards],
+        "teacher_agreement": _pooled(shards, "teacher_agreement"),
+        "broken_fraction": _pooled(shards, "broken_fraction"),
+    }
+
+
+def student_section(student: ClassifierResult | None) -> dict[str, Any] | None:
+    """The GKD student's val/test accuracy and AUC, per-class test recall, kept epoch and pool sizes."""
+    if not student:
+        return None
+    return {
+        "val": _headline(student.val),
+        "test": _headline(student.test),
+        "test_per_class": student.test.model_extra.get("per_class"),
+        "best_epoch": student.best_epoch,
+        "images_per_epoch": getattr(student, "images_per_epoch", None),
+        "pool_images": getattr(student, "pool_images", None),
+    }
+
+
+def naive_section(naive: NaiveResult | None) -> dict[str, Any] | None:
+    """The naive CAS baseline's test and val accuracy and AUC."""
+    return {"test": _headline(naive.test), "val": _headline(naive.val)} if naive else None
+
+
+def gates_section(gates: GatesResult | None, conclusion: Conclusion | None) -> dict[str, Any]:
+    """Every gate's verdict; the champion gate comes with the conclusion, so a run that ended before it fails it."""
+    if conclusion:
+        return conclusion.gates
+    if gates:
+        return {**gates.verdicts(), "champion": NOT_CONCLUDED, "passed": False}
+    return NOT_EVALUATED
+
+
+def timings(results: RunResults) -> dict[str, float]:
+    """Seconds per step in pipeline order, the regeneration shards summed under `regenerate`."""
+    out: dict[str, float] = {}
+    for r in results.executed():
+        name = "regenerate" if r.step.startswith("regenerate-") else r.step
+        out[name] = round(out.get(name, 0.0) + r.seconds, 2)
+    return {k: out[k] for k in ORDER if k in out} | {k: v for k, v in out.items() if k not in ORDER}
+
+
+def reused_steps(results: RunResults, started_at: str) -> list[str]:
+    """Steps whose result was finished before this run started: KFP reused an earlier execution (its cache)."""
+    start = datetime.fromisoformat(started_at)
+    return [r.step for r in results.executed() if r.finished_at and datetime.fromisoformat(r.finished_at) < start]
+
+
 def build_summary(
-    run_dir: Path,
     cfg: RunConfig,
+    results: RunResults,
     profile: str,
     runner: str,
     started_at: str,
     status: str = "succeeded",
     error: str | None = None,
-) -> dict:
-    records = read_records(run_dir)
-    failure_file = Path(run_dir) / "failure.json"
-    if failure_file.exists():
-        failure = json.loads(failure_file.read_text())
-        status, error = "failed", f"step {failure['step']} failed: {failure['error']}"
-    data, teacher = _result(records, "validate_data"), _result(records, "train_teacher")
-    selection, generator = _result(records, "select_generator"), _result(records, "train_generator")
-    student, naive = _result(records, "train_student"), _result(records, "train_naive")
-    shards = _shards(records)
-    conclusion = _result(records, "promote") or _result(records, "record_rejection")
-    gates = _result(records, "evaluate_gates")
-    gates = (
-        conclusion["gates"]
-        if conclusion
-        else ({**gates, "champion": NOT_CONCLUDED, "passed": False} if gates else None)
-    )
-    gap = round(100 * (student["test"]["accuracy"] - teacher["test"]["accuracy"]), 2) if student and teacher else None
+) -> dict[str, Any]:
+    """The summary dict (schema kr.summary/1) of a run from its step results. Accuracies are fractions, the CAS gap
+    (student minus teacher test accuracy) percentage points, times seconds, memory MiB."""
+    teacher, student, conclusion = results.teacher, results.student, results.conclusion
+    gap = round(100 * (student.test.accuracy - teacher.test.accuracy), 2) if student and teacher else None
+    executed = results.executed()
     return {
         "schema": SUMMARY_SCHEMA,
         "runner": runner,
@@ -92,141 +170,80 @@ def build_summary(
         "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
-        "dataset": (
-            {
-                **{
-                    k: data["info"][k]
-                    for k in (
-                        "name",
-                        "md5",
-                        "task",
-                        "n_classes",
-                        "channels",
-                        "n_train",
-                        "n_val",
-                        "n_test",
-                        "source",
-                        "class_names",
-                    )
-                },
-                "majority_rate_test": data["majority_rate_test"],
-            }
-            if data
-            else {"name": cfg.data.dataset}
-        ),
+        "dataset": dataset_section(results.data, cfg),
         "profile": profile,
         "config": cfg.model_dump(mode="json"),
         "config_digest": cfg.digest(),
-        "teacher": (
-            {
-                "val": _headline(teacher["val"]),
-                "test": _headline(teacher["test"]),
-                "test_per_class": teacher["test"]["per_class"],
-                "best_epoch": teacher["best_epoch"],
-                "params": teacher["params"],
-            }
-            if teacher
-            else None
-        ),
-        "generator": (
-            {
-                "checkpoint": selection["checkpoint"],
-                "guidance_scale": selection["guidance_scale"],
-                "val_cas": selection["val_cas"],
-                "fidelity": selection.get("fidelity"),
-                "selection": selection["selection"],
-                "training": {k: generator[k] for k in ("steps", "resumed_from", "params", "final_loss")}
-                if generator
-                else None,
-            }
-            if selection
-            else None
-        ),
-        "regeneration": (
-            {
-                "images": sum(s["n"] for s in shards),
-                "guidance_scale": shards[0]["guidance_scale"],
-                "shards": [
-                    {k: s.get(k) for k in ("shard", "n", "class_counts", "teacher_agreement", "fidelity")}
-                    for s in shards
-                ],
-                "teacher_agreement": _pooled(shards, "teacher_agreement"),
-                "broken_fraction": _pooled(shards, "broken_fraction"),
-            }
-            if shards
-            else None
-        ),
-        "naive": {"test": _headline(naive["test"]), "val": _headline(naive["val"])} if naive else None,
-        "student": (
-            {
-                "val": _headline(student["val"]),
-                "test": _headline(student["test"]),
-                "test_per_class": student["test"]["per_class"],
-                "best_epoch": student["best_epoch"],
-                "images_per_epoch": student["images_per_epoch"],
-                "pool_images": student["pool_images"],
-            }
-            if student
-            else None
-        ),
+        "teacher": teacher_section(teacher),
+        "generator": generator_section(results.selection, results.generator),
+        "regeneration": regeneration_section(results.shards),
+        "naive": naive_section(results.naive),
+        "student": student_section(student),
         "cas_gap_pp": gap,
-        "privacy": _result(records, "audit_privacy"),
-        "gates": gates or {"passed": False, "reasons": ["the run ended before its gates were evaluated"]},
-        "registry": (conclusion or {}).get("registry"),
-        "audit": (conclusion or {}).get("audit"),
-        "outcome": (conclusion or {}).get("outcome") or ("failed" if status == "failed" else None),
+        "privacy": results.privacy.model_dump(mode="json", exclude=set(_EXECUTION)) if results.privacy else None,
+        "gates": gates_section(results.gates, conclusion),
+        "registry": conclusion.registry if conclusion else None,
+        "audit": conclusion.audit if conclusion else None,
+        "outcome": conclusion.outcome if conclusion else ("failed" if status == "failed" else None),
         "artifacts": {
-            "teacher": teacher and teacher["path"],
-            "student": student and student["path"],
-            "report": str(Path(run_dir) / "report.md"),
+            "teacher": teacher.path if teacher else None,
+            "student": student.path if student else None,
         },
-        "timings_s": _timings(records),
-        # per step, the peak of the process that ran it (one process in-process, one per task with KFP)
-        "peak_rss_mb": max([r.get("peak_rss_mb", 0.0) for r in records.values()] + [peak_rss_mb()]),
+        "timings_s": timings(results),
+        "reused_steps": reused_steps(results, started_at),
+        # per step, the peak of the process that ran it (one process per task with KFP)
+        "peak_rss_mb": max([r.peak_rss_mb for r in executed] + [_own_peak_rss_mb()]),
     }
 
 
-def finalize_run(
-    run_dir: Path,
+_EXECUTION = ("step", "seconds", "peak_rss_mb", "finished_at", "mlflow_run_id")
+
+
+def _own_peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def write_summary(
+    folder: Path,
     cfg: RunConfig,
+    results: RunResults,
+    *,
     profile: str,
     runner: str,
     started_at: str,
     wall_s: float,
     status: str = "succeeded",
     error: str | None = None,
-    audit: dict | None = None,
-) -> dict:
-    """Write summary.json, the plots and report.md for whatever the run got to do."""
-    run_dir = Path(run_dir)
-    summary = build_summary(run_dir, cfg, profile, runner, started_at, status, error)
+    trail: dict | None = None,
+    data_dir: Path | None = None,
+    shard_files: Iterable[Path] = (),
+    roc_plot: Path | None = None,
+) -> dict[str, Any]:
+    """Write summary.json, the plots and report.md into the run folder for whatever the run got to do; returns the
+    summary. `trail`: the trail reference of a run that did not conclude (a failed run's record). wall_s: seconds."""
+    folder = Path(folder)
+    summary = build_summary(cfg, results, profile, runner, started_at, status, error)
     summary["total_wall_s"] = round(wall_s, 2)
-    summary["audit"] = summary["audit"] or audit
-    records = read_records(run_dir)
-    summary["artifacts"].update(_plots(run_dir, records))
-    write_json(run_dir / "summary.json", summary)
-    write_report(summary, run_dir / "report.md")
+    summary["audit"] = summary["audit"] or trail
+    summary["artifacts"]["report"] = str(folder / "report.md")
+    summary["artifacts"].update(_plots(folder, results, data_dir, list(shard_files), roc_plot))
+    write_json(folder / "summary.json", summary)
+    write_report(summary, folder / "report.md")
     return summary
 
 
-def _pooled(shards: list[dict], key: str) -> float | None:
-    """Image-weighted mean of a per-shard fraction over the whole pool (None when a shard lacks it)."""
-    values = [(s.get("fidelity") or {}).get(key, s.get(key)) for s in shards]
-    if any(v is None for v in values):
-        return None
-    return float(np.average(values, weights=[s["n"] for s in shards]))
-
-
-def _plots(run_dir: Path, records: dict) -> dict[str, str]:
+def _plots(
+    folder: Path, results: RunResults, data_dir: Path | None, shard_files: list[Path], roc: Path | None
+) -> dict[str, str]:
     out: dict[str, str] = {}
-    data, selection, shards = _result(records, "validate_data"), _result(records, "select_generator"), _shards(records)
-    if selection:
+    if results.selection:
+        chosen = results.selection.model_dump(mode="json")
         out["selection_plot"] = str(
-            plots.selection_heatmap(selection["selection"], selection, run_dir / "selection.png")
+            plots.selection_heatmap(results.selection.selection, chosen, folder / "selection.png")
         )
-    if data and shards:
-        dataset = load_saved_dataset(data["data_dir"])
-        with np.load(shards[0]["path"]) as z:
+    if data_dir and shard_files:
+        dataset = load_saved_dataset(data_dir)
+        with np.load(sorted(shard_files, key=str)[0]) as z:
             syn_x, syn_y = z["images"], z["gen_labels"]
         out["samples"] = str(
             plots.sample_grid(
@@ -235,11 +252,13 @@ def _plots(run_dir: Path, records: dict) -> dict[str, str]:
                 syn_x,
                 syn_y,
                 list(dataset.info.class_names),
-                run_dir / "samples.png",
+                folder / "samples.png",
                 title=f"{dataset.info.name}: real (left) and regenerated (right) images per class",
             )
         )
-    privacy = _result(records, "audit_privacy")
-    if privacy:
-        out["mia_roc"] = privacy["roc_plot"]
+    if roc and Path(roc).exists():
+        target = folder / "mia_roc.png"
+        if Path(roc).resolve() != target.resolve():
+            shutil.copyfile(roc, target)
+        out["mia_roc"] = str(target)
     return out

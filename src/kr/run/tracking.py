@@ -1,8 +1,10 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per step.
 
 Every step runs in its own process (a kfp.local subprocess or a pod), so nothing lives in memory: the parent
-run's id is written to `<run_dir>/tracking.json` by the first step, and each step's nested run id goes into its
-step record. The ML code never imports MLflow; steps hand their result dicts here after they finish.
+run's id is written to `<run_dir>/tracking.json` by the first task (`resolve_config`), and each step's run id goes
+into its typed result. A step that has no run folder (a cacheable task on a cluster) logs a run of its own, which
+`summarize` later nests under the parent (`adopt`). The ML code never imports MLflow; steps hand their results here
+after they finish.
 Credentials come only from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*), never from the config.
 """
 
@@ -117,9 +119,9 @@ def open_parent(cfg: RunConfig, run_dir: Path, dataset: dict | None = None) -> s
     return run.info.run_id
 
 
-def log_dataset(cfg: RunConfig, run_dir: Path, data) -> None:
-    """The real training split as the run's input, named and digested by the file's MD5."""
-    parent = parent_run_id(run_dir)
+def log_dataset(cfg: RunConfig, parent: str, data) -> None:
+    """The real training split (kr.data.Dataset) as the parent run's input, named and digested by the file's MD5:
+    its digest and source path, not its images (mlflow.data.from_numpy keeps a profile and schema only)."""
     if not (enabled(cfg) and parent):
         return
     import mlflow
@@ -157,23 +159,23 @@ def _history_metrics(result: dict) -> Iterable[tuple[str, float, int]]:
 
 def log_step(
     cfg: RunConfig,
-    run_dir: Path,
+    parent: str | None,
     step: str,
     result: dict | None,
     seconds: float,
     artifacts: Iterable[Path] = (),
     error: str | None = None,
 ) -> str | None:
-    """A nested run for one finished (or failed) step: its scalar results, curves and artifacts."""
-    parent = parent_run_id(run_dir)
-    if not (enabled(cfg) and parent):
+    """A run for one finished (or failed) step, nested under `parent` when given: its scalar results, curves
+    (per-epoch metrics, the generator's loss) and artifacts. Returns its run id; None without tracking."""
+    if not enabled(cfg):
         return None
     from mlflow.entities import Metric
 
     c = client(cfg)
-    run = c.create_run(
-        c.get_run(parent).info.experiment_id, tags={PARENT_TAG: parent, "mlflow.runName": step, "kr.step": step}
-    )
+    tags = {"mlflow.runName": step, "kr.step": step} | ({PARENT_TAG: parent} if parent else {})
+    experiment = c.get_run(parent).info.experiment_id if parent else _experiment_id(cfg)
+    run = c.create_run(experiment, tags=tags)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     scalars = {k: v for k, v in _numeric_leaves(result or {}).items() if not k.startswith("history")}
@@ -192,6 +194,22 @@ def log_step(
         c.set_tag(run_id, "kr.error", error[:5000])
     c.set_terminated(run_id, status="FAILED" if error else "FINISHED")
     return run_id
+
+
+def adopt(cfg: RunConfig, parent: str, step_runs: dict[str, str | None]) -> None:
+    """Nest step runs logged without a parent under this run's parent; a step KFP reused from an earlier run keeps
+    its own parent, and the parent gets a `kr.reused.<step>` tag naming that run."""
+    if not enabled(cfg):
+        return
+    c = client(cfg)
+    for step, run_id in step_runs.items():
+        if not run_id:
+            continue
+        owner = c.get_run(run_id).data.tags.get(PARENT_TAG)
+        if owner is None:
+            c.set_tag(run_id, PARENT_TAG, parent)
+        elif owner != parent:
+            c.set_tag(parent, f"kr.reused.{step}", run_id)
 
 
 def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Iterable[Path]) -> str | None:
