@@ -44,3 +44,4 @@ def audit_privacy(
     roc = r.student["strongest"].get("roc")
     if roc:
         student_roc.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    steps.keep_metrics(metrics, student_roc)

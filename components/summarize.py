@@ -13,6 +13,7 @@ def summarize(
     started_at: str,
     conclusion: str,
     data: Input[Dataset],
+    data_docs_site: Input[Artifact],
     shards: Input[List[Dataset]],  # noqa: UP006
     privacy: Input[Artifact],
     data_result: Input[Artifact],
@@ -28,8 +29,8 @@ def summarize(
     report: Output[Markdown],
 ) -> None:
     """Inputs: the full `config`, the run folder, profile, runner and start, the `conclusion` (JSON, from promote or
-    record-rejection), the data, shards and privacy artifacts (for the plots), and every step's result. Outputs:
-    `summary` (summary.json, schema kr.summary/1) and `report` (Markdown); both also go to the run folder and the
+    record-rejection), the data, Data Docs, shards and privacy artifacts (for the plots and the run folder), and
+    every step's result. Outputs: `summary` (summary.json, schema kr.summary/1) and `report` (Markdown); both also go to the run folder and the
     MLflow parent run, which this task closes."""
     import shutil
     from pathlib import Path
@@ -47,6 +48,7 @@ def summarize(
         "gates": gates_result,
     }
     results = steps.load_results(files, [s.path for s in shard_results], conclusion)
+    steps.publish(Path(data_docs_site.path), "validation/real", Path(run_dir))  # when validation was reused
     s = steps.summarize(
         config,
         Path(run_dir),

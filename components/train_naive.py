@@ -21,3 +21,4 @@ def train_naive(
     r = steps.train_naive(config, Path(data.path), [Path(s.path) for s in shards])
     r.save(Path(result.path))
     metrics.log_metric("test_accuracy", r.test.accuracy)
+    steps.keep_metrics(metrics)

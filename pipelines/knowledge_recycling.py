@@ -141,6 +141,7 @@ def _steps(task, request: dict, structured: dict, profile: Any, runner: str, clu
         started_at=resolved["started_at"],
         conclusion=dsl.OneOf(promoted.outputs["Output"], rejected.outputs["Output"]),
         data=data,
+        data_docs_site=validated.outputs["data_docs_site"],
         shards=collected("shard_data"),
         privacy=audit.outputs["privacy"],
         generator_result=generator.outputs["result"],

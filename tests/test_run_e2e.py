@@ -90,8 +90,10 @@ def check_summary(out: Path, n_classes: int) -> dict:
     assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy", "champion"))
     for name in ("report.md", "samples.png", "selection.png", "audit_record.json", "validation/real/index.html"):
         assert (out / name).is_file(), name
-    # the KFP task outputs stay in the run folder
-    assert any((out / "kfp").rglob("teacher.pt")) and any((out / "kfp").rglob("student.pt"))
+    # the models are KFP task outputs under a run folder's kfp/ (an earlier run's, when KFP reused the task)
+    for model in ("teacher", "student"):
+        path = Path(summary["artifacts"][model])
+        assert path.is_file() and path.parent.parent.parent.parent.name == "kfp", path
     return summary
 
 
@@ -205,14 +207,17 @@ def test_rerun_archives_the_first_run_and_resumes_the_generator(embedded) -> Non
 @needs_real
 def test_conclusion_is_idempotent(embedded) -> None:
     """A retried promote/record step finds its version and its audit record instead of making new ones."""
-    from kr.config import RunConfig
-    from kr.governance import promotion
+    from kr import steps
 
     out, s = embedded["out"], embedded["rejected"]
-    cfg = RunConfig.model_validate(s["config"])
-    data_dir = json.loads((out / "records" / "validate_data.json").read_text())["result"]["data_dir"]
-    again = promotion.conclude(cfg, out, Path(data_dir), s["started_at"], promote=False)
-    assert again["registry"]["version"] == "2" and again["audit"]["record_id"] == s["audit"]["record_id"]
+    # the second run's task outputs: its step results and artifacts, as KFP handed them to record-rejection
+    outputs = {task: next((out / "kfp").rglob(f"{task}/result")) for task in ("validate-data", "train-teacher")}
+    outputs |= {task: next((out / "kfp").rglob(f"{task}/result")) for task in ("train-student", "evaluate-gates")}
+    results = steps.load_results(dict(zip(("data", "teacher", "student", "gates"), outputs.values(), strict=True)))
+    data_dir, student_dir = next((out / "kfp").rglob("validate-data/data")), next((out / "kfp").rglob("student"))
+    config = json.dumps(s["config"])
+    again = steps.conclude(config, out, data_dir, student_dir, results, s["started_at"], promote=False)
+    assert again.registry["version"] == "2" and again.audit["record_id"] == s["audit"]["record_id"]
     assert len(_client(embedded["uri"]).search_model_versions(f"name = '{MODEL}'")) == 2
     assert len(list(embedded["trail"].glob("*.json"))) == 2
 
@@ -236,15 +241,24 @@ def test_audit_verify_names_a_record_changed_by_one_byte(embedded, tmp_path: Pat
 
 
 @pytest.mark.e2e
-def test_generated_rgb_five_classes(tmp_path: Path) -> None:
+def test_generated_rgb_five_classes_and_a_cached_rerun(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "rgb5.npz", n_train=100, n_val=25, n_test=25, channels=3, n_classes=5)
-    out = tmp_path / "run"
-    result = kr("run", "--dataset", str(data), "--profile", "smoke", "--out", str(out), *sets(LENIENT))
+    home = {"KR_HOME": str(tmp_path / "home")}
+    run = ["run", "--dataset", str(data), "--profile", "smoke", "--cache", *sets(LENIENT)]
+    result = kr(*run, "--out", str(tmp_path / "run"), env=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = check_summary(out, n_classes=5)
+    summary = check_summary(tmp_path / "run", n_classes=5)
     assert summary["dataset"]["channels"] == 3 and summary["dataset"]["task"] == "multi-class"
     assert summary["dataset"]["source"] == "file"
     assert summary["registry"]["model_name"] == "kr-rgb5-student"
+    assert summary["reused_steps"] == []
+    # a second run that changes only gkd.* reuses every task upstream of regeneration, and only those
+    again = kr(*run, "--set", "gkd.temperature=4", "--out", str(tmp_path / "again"), env=home)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    second = check_summary(tmp_path / "again", n_classes=5)
+    assert second["reused_steps"] == ["validate_data", "train_teacher", "train_generator", "select_generator"]
+    assert second["teacher"] == summary["teacher"] and second["generator"] == summary["generator"]
+    assert second["config"]["gkd"]["temperature"] == 4 and second["registry"]["version"] == "2"
 
 
 @pytest.mark.e2e

@@ -152,9 +152,10 @@ def _paths(artifacts: Callable[[Any], Iterable[Path]]) -> list[Path]:
         return []
 
 
-def _publish(source: Path, name: str, folder: Path | None) -> None:
-    """Copy a by-product (a Data Docs site) into the run folder, where people read the run."""
-    if folder and Path(source).exists():
+def publish(source: Path, name: str, folder: Path | None) -> None:
+    """Copy a by-product (a Data Docs site) into the run folder, where people read the run; nothing without a run
+    folder or when the run folder has it already."""
+    if folder and Path(source).exists() and not (Path(folder) / name).exists():
         shutil.copytree(source, Path(folder) / name, dirs_exist_ok=True)
 
 
@@ -205,7 +206,7 @@ def validate_data(config: str, data_dir: Path, docs_dir: Path) -> DataResult:
     try:
         return _run_step(cfg, "validate_data", step, lambda _r: [Path(docs_dir)])
     finally:
-        _publish(Path(docs_dir), "validation/real", context_run_dir())
+        publish(Path(docs_dir), "validation/real", context_run_dir())
 
 
 def train_teacher(config: str, data_dir: Path, teacher_dir: Path) -> TeacherResult:
@@ -333,7 +334,7 @@ def regenerate(
                 envelope=fit_envelope(data.x_train),
             )
         finally:
-            _publish(docs, f"validation/shard-{shard:03d}", context_run_dir())
+            publish(docs, f"validation/shard-{shard:03d}", context_run_dir())
         return ShardResult(**result, expectations=report)
 
     return _run_step(cfg, name, step)
@@ -496,6 +497,15 @@ def log_kfp_metrics(result: TeacherResult | StudentResult, metrics: Any, confusi
             metrics.log_metric(f"{split}_auc", evaluation.auc)
     matrix = result.test.model_extra.get("confusion_matrix") or []
     confusion.log_confusion_matrix([str(i) for i in range(len(matrix))], matrix)
+    keep_metrics(metrics, confusion)
+
+
+def keep_metrics(*artifacts: Any) -> None:
+    """Write each KFP metrics artifact's values as JSON at its path. KFP keeps metrics in metadata and writes no
+    file; kfp.local's cache treats an output without a file as missing, so a task with metrics would never be
+    reused."""
+    for artifact in artifacts:
+        write_json(Path(artifact.path), artifact.metadata)
 
 
 def summarize(

@@ -112,6 +112,8 @@ def _header(summary: dict) -> list[str]:
         f"`{summary['config_digest'][:12]}`.",
         "",
     ]
+    if summary.get("reused_steps"):
+        lines += [f"Reused from an earlier run (KFP cache, same inputs): {', '.join(summary['reused_steps'])}.", ""]
     if summary.get("error"):
         lines += [f"Error: `{summary['error']}`", ""]
     if "n_train" in d:

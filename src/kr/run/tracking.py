@@ -179,8 +179,8 @@ def log_step(
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     scalars = {k: v for k, v in _numeric_leaves(result or {}).items() if not k.startswith("history")}
+    scalars.setdefault("seconds", seconds)  # a typed result carries its own seconds already
     metrics = [Metric(k, v, now, 0) for k, v in scalars.items()]
-    metrics += [Metric("seconds", seconds, now, 0)]
     metrics += [Metric(k, v, now, s) for k, v, s in _history_metrics(result or {})]
     for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
         c.log_batch(run_id, metrics=metrics[i : i + 1000])
