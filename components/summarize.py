@@ -30,8 +30,8 @@ def summarize(
 ) -> None:
     """Inputs: the full `config`, the run folder, profile, runner and start, the `conclusion` (JSON, from promote or
     record-rejection), the data, Data Docs, shards and privacy artifacts (for the plots and the run folder), and
-    every step's result. Outputs: `summary` (summary.json, schema kr.summary/1) and `report` (Markdown); both also go to the run folder and the
-    MLflow parent run, which this task closes."""
+    every step's result. Outputs: `summary` (summary.json, schema kr.summary/1) and `report` (Markdown); both also
+    go to the run folder and the MLflow parent run, which this task closes."""
     import shutil
     from pathlib import Path
 
