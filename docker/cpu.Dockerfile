@@ -14,6 +14,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
+COPY components ./components
+COPY pipelines ./pipelines
 # As scripts/bootstrap does: the CPU torch wheel first (from the PyTorch CPU index; constraints.txt's torch==2.13.0
 # matches 2.13.0+cpu), then kr built as a wheel and installed with every other version from constraints.txt,
 # then medmnist without its torchvision requirement.

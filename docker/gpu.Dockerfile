@@ -17,6 +17,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
+COPY components ./components
+COPY pipelines ./pipelines
 # The torch line is dropped from the constraints: it pins the CPU wheel the tests use, and installing it here
 # would replace the base image's CUDA build. The venv sees that CUDA torch through --system-site-packages, so
 # `torch>=2.4` is already satisfied and pip leaves it alone; every other package gets its constraints.txt version.

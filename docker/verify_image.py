@@ -22,7 +22,17 @@ import sys
 from importlib import metadata
 
 COMPILERS = ("gcc", "g++", "cc", "c++", "clang", "clang++", "tcc")
-COMPONENT_MODULES = ("kr", "kr.components._all", "kfp", "kfp.kubernetes", "mlflow", "medmnist", "torch")
+COMPONENT_MODULES = (
+    "kr",
+    "kr.steps",
+    "kr.components",
+    "kr.pipelines.knowledge_recycling",
+    "kfp",
+    "kfp.kubernetes",
+    "mlflow",
+    "medmnist",
+    "torch",
+)
 MLFLOW_MODULES = ("mlflow", "mlflow.server.auth", "psycopg2", "boto3")
 
 

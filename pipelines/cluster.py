@@ -19,7 +19,7 @@ CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 
 
 class ClusterError(RuntimeError):
-    pass
+    """A bad cron expression, or a Kubeflow Pipelines API that cannot be reached or refuses the run."""
 
 
 def check_cron(expr: str) -> str:

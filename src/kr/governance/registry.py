@@ -27,7 +27,7 @@ RUN_KEY_TAG = "kr.run_key"
 
 
 class RegistryError(RuntimeError):
-    pass
+    """The registry cannot register or read a model version (e.g. a version that never becomes READY)."""
 
 
 class ServingClassifier(nn.Module):
@@ -41,6 +41,7 @@ class ServingClassifier(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C, 28, 28) pixel values in [0, 255] -> float32 (N, K) class probabilities (rows sum to 1)."""
         return torch.softmax(self.model(x / 127.5 - 1.0), dim=1)
 
 
@@ -151,6 +152,7 @@ def _slug(text: str) -> str:
 
 
 def current_champion(cfg: RunConfig):
+    """The model version the `champion` alias points to (an MLflow ModelVersion), None when there is none."""
     model = _registered_model(cfg)
     if model is None or CHAMPION not in (model.aliases or {}):
         return None
@@ -245,6 +247,7 @@ def decide(
 
 
 def set_champion(cfg: RunConfig, version: str) -> None:
+    """Point `champion` at `version` of the run's registered model (the only place the alias moves)."""
     client(cfg).set_registered_model_alias(cfg.model_name, CHAMPION, version)
 
 

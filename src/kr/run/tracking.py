@@ -30,10 +30,12 @@ MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
 def enabled(cfg: RunConfig) -> bool:
+    """Whether the run is tracked (a tracking URI is set)."""
     return bool(cfg.tracking.uri)
 
 
 def client(cfg: RunConfig):
+    """An MlflowClient on the run's tracking URI, also its registry URI."""
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
@@ -84,6 +86,7 @@ def _experiment_id(cfg: RunConfig) -> str:
 
 
 def parent_run_id(run_dir: Path) -> str | None:
+    """The run's MLflow parent run id from `<run_dir>/tracking.json`, None before resolve-config opened it."""
     path = Path(run_dir) / TRACKING_FILE
     return json.loads(path.read_text())["parent_run_id"] if path.exists() else None
 

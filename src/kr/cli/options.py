@@ -1,0 +1,144 @@
+"""The command line's shared options (declared once), defaults from the environment, and the run request they build."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kr.config import PROFILES
+from kr.progress import console
+from kr.run.request import DEFAULT_PROFILE, RunRequest, resolve_request
+
+DatasetOpt = Annotated[
+    str, typer.Option(help="MedMNIST 2-D flag (e.g. breastmnist) or a path to an .npz in MedMNIST layout")
+]
+ProfileOpt = Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="folder with <flag>.npz; default $KR_DATA_ROOT, then ~/.medmnist")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of config values (over the profile)")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="KEY=VALUE over the config, e.g. gkd.temperature=3; repeatable")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else an embedded SQLite store in $KR_HOME"),
+]
+ModelNameOpt = Annotated[str | None, typer.Option(help="registered model name; default kr-<dataset>-student")]
+AuditOpt = Annotated[
+    str | None,
+    typer.Option(help="audit trail: a folder or s3://bucket/prefix; default $KR_AUDIT_URI, else $KR_HOME/audit"),
+]
+GpusOpt = Annotated[int, typer.Option(min=0, help="GPUs per heavy step; 0 compiles a CPU-only pipeline")]
+HostOpt = Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. https://kfp.example.org/pipeline")]
+ImageOpt = Annotated[str, typer.Option(help="component image the pipeline runs in (see scripts/build-images)")]
+ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment")]
+
+# name: (annotation, default); inspect.Parameter.empty: required
+REQUEST_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dataset": (DatasetOpt, "breastmnist"),
+    "profile": (ProfileOpt, DEFAULT_PROFILE),
+    "config": (ConfigOpt, None),
+    "overrides": (SetOpt, None),
+    "tracking_uri": (TrackingOpt, None),
+    "model_name": (ModelNameOpt, None),
+    "audit_uri": (AuditOpt, None),
+}
+LOCAL_OPTIONS: dict[str, tuple[Any, Any]] = {"data_root": (DataRootOpt, None)}
+CLUSTER_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "host": (HostOpt, inspect.Parameter.empty),
+    "image": (ImageOpt, inspect.Parameter.empty),
+    "experiment": (ExperimentOpt, "knowledge-recycling"),
+    "gpus": (GpusOpt, 1),
+}
+
+
+def shared(*groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable], Callable]:
+    """Give a command the options of `groups` (after its own), received through its **kwargs."""
+
+    def attach(fn: Callable) -> Callable:
+        params = inspect.signature(fn, eval_str=True).parameters.values()
+        own = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for group in groups
+            for name, (annotation, default) in group.items()
+        ]
+        fn.__signature__ = inspect.Signature([*own, *extra])
+        return fn
+
+    return attach
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def kr_home() -> Path:
+    """Where the embedded MLflow store, the audit trail, the task cache and shared checkpoints live when no URI is
+    given: $KR_HOME, else ./runs."""
+    return Path(os.environ.get("KR_HOME") or "runs").resolve()
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else an embedded SQLite store in $KR_HOME."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{kr_home() / 'mlflow.db'}"
+
+
+def default_audit_uri() -> str:
+    """$KR_AUDIT_URI, else a folder trail in $KR_HOME."""
+    return os.environ.get("KR_AUDIT_URI") or str(kr_home() / "audit")
+
+
+def build_request(
+    *,
+    dataset: str,
+    profile: str,
+    config: Path | None,
+    overrides: list[str] | None,
+    tracking_uri: str | None,
+    model_name: str | None,
+    audit_uri: str | None,
+    data_root: Path | None = None,
+    download: bool = False,
+    local_store: bool = True,
+) -> RunRequest:
+    """The run request from the command line, resolved once here so that a bad value fails before any work.
+
+    local_store: a run on this machine (embedded MLflow store and trail in $KR_HOME by default, data root made
+    absolute); else a cluster run (defaults from the environment only). Raises ConfigError, OSError.
+    """
+    from kr.data import resolve_data_root
+
+    extra = list(overrides or [])
+    if download:
+        extra.append("data.download=true")
+    uri = tracking_uri or (default_tracking_uri() if local_store else os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if local_store and uri.startswith("sqlite:///"):
+        # an embedded store keeps its artifacts beside its database (otherwise MLflow writes ./mlruns wherever
+        # each task happens to run)
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"  # absolute: every task process must find the same file
+        extra.insert(0, f"tracking.artifact_location={(db.parent / 'mlartifacts').as_uri()}")
+    req = RunRequest(
+        dataset=dataset,
+        profile=profile,
+        overrides=extra,
+        config_yaml=Path(config).read_text() if config else "",
+        # every task of a local run must find the same folder, whatever its working directory
+        data_root=str(resolve_data_root(data_root).resolve()) if local_store else str(data_root or ""),
+        model_name=model_name or "",
+        tracking_uri=uri,
+        audit_uri=audit_uri or (default_audit_uri() if local_store else os.environ.get("KR_AUDIT_URI", "")),
+        run_dir="placeholder-for-validation" if local_store else "",
+        kfp_run_id="validation",
+    )
+    resolve_request(req)  # raises ConfigError with the key and the reason
+    return req
