@@ -18,9 +18,10 @@ from common import parser, stamp, summaries, write_json
 from rich.console import Console
 from rich.table import Table
 
-from kr.run.summary import STEP_ORDER
+from kr.run.step_table import ORDER as STEP_ORDER
 
-STEPS = tuple(s for s in STEP_ORDER if s not in ("validate_data", "evaluate_gates"))
+BOOKKEEPING = ("resolve_config", "validate_data", "plan_shards", "evaluate_gates", "summarize", "finalize_run")
+STEPS = tuple(s for s in STEP_ORDER if s not in BOOKKEEPING)
 
 
 def row(s: dict) -> dict:

@@ -96,7 +96,7 @@ def main() -> None:
     configure_threads()
     if args.run:
         summary = json.loads((args.run / "summary.json").read_text())
-        gen_dir, teacher_path = args.run / "steps" / "generator", Path(summary["artifacts"]["teacher"])
+        gen_dir, teacher_path = Path(summary["artifacts"]["generator"]), Path(summary["artifacts"]["teacher"])
         args.checkpoint = args.checkpoint or summary["generator"]["checkpoint"]
         args.dataset, args.data_root = summary["config"]["data"]["dataset"], summary["config"]["data"]["data_root"]
     elif args.generator and args.teacher:

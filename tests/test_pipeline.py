@@ -159,7 +159,7 @@ def test_a_gkd_change_leaves_the_upstream_cache_keys_alone() -> None:
     from kr.run.step_table import step_config
 
     base = resolve_config("smoke")
-    changed = resolve_config("smoke", overrides=["gkd.temperature=5", "gkd.student.epochs=3"])
+    changed = resolve_config("smoke", overrides=["gkd.temperature=5", "gkd.epochs=3"])
     other_run = base.model_copy(update={"run": base.run.model_copy(update={"run_key": "another-run"})})
     for step in ("validate_data", "train_teacher", "train_generator", "select_generator"):
         assert step_config(changed, step) == step_config(base, step) == step_config(other_run, step), step

@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES = ("smoke", "laptop", "cpu", "gpu")
+# the one default profile, for every entry point (kr run, kr submit, kr schedule, the pipeline's parameter)
+DEFAULT_PROFILE = "laptop"
 
 
 class ConfigError(ValueError):
@@ -191,7 +193,7 @@ class GKDConfig(Strict):
     epochs: int = Field(
         20,
         ge=1,
-        description="not read by any step: the student trains for gkd.student.epochs (the profiles set both alike)",
+        description="GKD epochs of the student, each on a fresh pool slice (gkd.student.epochs is not read)",
     )
     images_per_epoch: float = Field(1.0, gt=0, description="synthetic images per epoch, as a multiple of n_train")
     max_images_per_epoch: int | None = Field(None, ge=2, description="cap, so large sets fit a compute budget")
@@ -208,7 +210,8 @@ class GKDConfig(Strict):
     )
     student: ClassifierConfig = Field(
         default_factory=ClassifierConfig,
-        description="the student's architecture and recipe; the naive baseline uses them too, with naive.epochs",
+        description="the student's architecture and optimiser (its epochs: gkd.epochs); the naive baseline uses them "
+        "too, with naive.epochs",
     )
 
 
@@ -473,7 +476,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def resolve_config(
-    profile: str = "cpu",
+    profile: str = DEFAULT_PROFILE,
     config_file: Path | None = None,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,8 @@ def derive_seed(seed: int, *names: object) -> int:
     """
     digest = hashlib.sha256(json.dumps([seed, *map(str, names)]).encode()).digest()
     return int.from_bytes(digest[:4], "little") % 1_000_000
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

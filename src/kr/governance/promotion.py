@@ -7,7 +7,6 @@ failed; written by the pipeline's exit handler). Steps are retried by KFP, so ev
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -87,10 +86,13 @@ def _reference(record: dict, uri: str | None) -> dict:
     return {k: record[k] for k in ("record_id", "record_hash", "previous_hash", "sequence")} | {"uri": uri}
 
 
-def recorded(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The reference to the trail record this run already wrote (its copy in the run folder), if any."""
-    copy = Path(run_dir) / TRAIL_RECORD_COPY
-    return _reference(json.loads(copy.read_text()), cfg.audit.uri) if copy.exists() else None
+def recorded(cfg: RunConfig) -> dict | None:
+    """The reference to the trail record this run (its run key) already has, if any: the trail is the authority,
+    not a copy in the run folder. Raises kr.governance.trail.TrailError on an unusable trail."""
+    if not (cfg.audit.uri and cfg.run.run_key):
+        return None
+    entry = open_trail(cfg.audit.uri).find(cfg.run.run_key)
+    return _reference(entry, cfg.audit.uri) if entry else None
 
 
 def conclude(
@@ -141,7 +143,7 @@ def conclude(
 
 def record_failure(cfg: RunConfig, run_dir: Path, started_at: str, error: str | None) -> dict | None:
     """A failed run's trail record (the exit handler's job); a run that already concluded keeps its record."""
-    existing = recorded(cfg, run_dir)
+    existing = recorded(cfg)
     if existing:
         return existing
     body = trail_body(cfg, run_dir, "failed", None, None, started_at, RunResults(), error=error)

@@ -33,7 +33,8 @@ def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir
     targets softmax(teacher logits / T) and the T^2-scaled soft cross-entropy (`soft_cross_entropy`).
 
     pool_paths: regeneration shards (`load_pool`); the student never sees a real training image, real val picks
-    the best epoch. It trains for cfg.student.epochs (cfg.epochs is not read). Writes `out_dir/student.pt`.
+    the best epoch. It trains for cfg.epochs epochs (cfg.student gives the architecture and optimiser; its own
+    epochs are not read). Writes `out_dir/student.pt`.
     Returns {"path", "pool_images", "images_per_epoch", "best_epoch", "history", "train_s" (seconds), "val",
     "test" (`classification_metrics`)}. Raises ValueError when pool_paths is empty.
     """
@@ -41,11 +42,12 @@ def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir
     slices = pool_slices(len(pool["images"]), cfg.pool_slices, seed)
     targets = softmax(pool["teacher_logits"].astype(np.float64), cfg.temperature).astype(np.float32)
     model = build_classifier(cfg.student, data.info.channels, data.info.n_classes, seed)
+    recipe = cfg.student.model_copy(update={"epochs": cfg.epochs})  # gkd.epochs is the one epoch count of GKD
     history = fit(
         model,
         lambda e: (pool["images"][slices[e % len(slices)]], targets[slices[e % len(slices)]]),
         (data.x_val, data.y_val),
-        cfg.student,
+        recipe,
         seed,
         "GKD student",
         temperature=cfg.temperature,

@@ -15,10 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kr.config import ConfigError, RunConfig, deep_merge, resolve_config
+from kr.config import DEFAULT_PROFILE, ConfigError, RunConfig, deep_merge, resolve_config
 
-# the one default profile, for every entry point (kr run, kr submit, kr schedule, the pipeline's parameter)
-DEFAULT_PROFILE = "laptop"
 CLUSTER_RUNS_ROOT = "/mnt/kr-runs"
 
 

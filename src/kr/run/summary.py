@@ -7,7 +7,6 @@ where it stopped). The keys are a published contract: extend them, never rename 
 from __future__ import annotations
 
 import platform
-import resource
 import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -31,9 +30,12 @@ from kr.results import (
     RunResults,
     SelectionResult,
     ShardResult,
+    StudentResult,
+    TeacherResult,
 )
 from kr.run.report import write_report
 from kr.run.step_table import ORDER
+from kr.runtime import peak_rss_mb
 from kr.serialization import write_json
 
 SUMMARY_SCHEMA = "kr.summary/1"
@@ -53,17 +55,18 @@ def dataset_section(data: DataResult | None, cfg: RunConfig) -> dict[str, Any]:
     return {**{k: data.info[k] for k in DATASET_KEYS}, "majority_rate_test": data.majority_rate_test}
 
 
-def teacher_section(teacher: ClassifierResult | None) -> dict[str, Any] | None:
-    """The teacher's val/test accuracy and ROC AUC, per-class test recall, kept epoch and size."""
-    if not teacher:
-        return None
+def _classifier_section(model: ClassifierResult) -> dict[str, Any]:
     return {
-        "val": _headline(teacher.val),
-        "test": _headline(teacher.test),
-        "test_per_class": teacher.test.model_extra.get("per_class"),
-        "best_epoch": teacher.best_epoch,
-        "params": getattr(teacher, "params", None),
+        "val": _headline(model.val),
+        "test": _headline(model.test),
+        "test_per_class": model.test.model_extra.get("per_class"),
+        "best_epoch": model.best_epoch,
     }
+
+
+def teacher_section(teacher: TeacherResult | None) -> dict[str, Any] | None:
+    """The teacher's val/test accuracy and ROC AUC, per-class test recall, kept epoch and size."""
+    return _classifier_section(teacher) | {"params": teacher.params} if teacher else None
 
 
 def generator_section(selection: SelectionResult | None, generator: GeneratorResult | None) -> dict[str, Any] | None:
@@ -104,17 +107,13 @@ def regeneration_section(shards: list[ShardResult]) -> dict[str, Any] | None:
     }
 
 
-def student_section(student: ClassifierResult | None) -> dict[str, Any] | None:
+def student_section(student: StudentResult | None) -> dict[str, Any] | None:
     """The GKD student's val/test accuracy and AUC, per-class test recall, kept epoch and pool sizes."""
     if not student:
         return None
-    return {
-        "val": _headline(student.val),
-        "test": _headline(student.test),
-        "test_per_class": student.test.model_extra.get("per_class"),
-        "best_epoch": student.best_epoch,
-        "images_per_epoch": getattr(student, "images_per_epoch", None),
-        "pool_images": getattr(student, "pool_images", None),
+    return _classifier_section(student) | {
+        "images_per_epoch": student.images_per_epoch,
+        "pool_images": student.pool_images,
     }
 
 
@@ -187,20 +186,18 @@ def build_summary(
         "outcome": conclusion.outcome if conclusion else ("failed" if status == "failed" else None),
         "artifacts": {
             "teacher": teacher.path if teacher else None,
+            # the generator's work folder: every kept checkpoint (the artifact copy has the same weights)
+            "generator": results.generator.workspace if results.generator else None,
             "student": student.path if student else None,
         },
         "timings_s": timings(results),
         "reused_steps": reused_steps(results, started_at),
         # per step, the peak of the process that ran it (one process per task with KFP)
-        "peak_rss_mb": max([r.peak_rss_mb for r in executed] + [_own_peak_rss_mb()]),
+        "peak_rss_mb": max([r.peak_rss_mb for r in executed] + [peak_rss_mb()]),
     }
 
 
 _EXECUTION = ("step", "seconds", "peak_rss_mb", "finished_at", "mlflow_run_id")
-
-
-def _own_peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def write_summary(

@@ -39,7 +39,6 @@ from kr.steps.deciding import RESULT_TYPES, audit_privacy, conclude, conclude_ta
 from kr.steps.reporting import finalize_run, summarize
 from kr.steps.running import (
     FAILURE_NOTE,
-    PLAN_FILE,
     RUN_DIR_ENV,
     SHARD_FILE,
     STUDENT_FILE,
@@ -74,7 +73,6 @@ __all__ = [
     "GeneratorResult",
     "NaiveResult",
     "PIPELINE_PARAMETERS",
-    "PLAN_FILE",
     "PrivacyResult",
     "RESULT_TYPES",
     "RUN_DIR_ENV",

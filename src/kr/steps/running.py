@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +19,7 @@ from kr.results import (
 from kr.run import tracking
 from kr.serialization import write_json
 
-TEACHER_FILE, STUDENT_FILE, SHARD_FILE, PLAN_FILE = "teacher.pt", "student.pt", "shard.npz", "plan.json"
+TEACHER_FILE, STUDENT_FILE, SHARD_FILE = "teacher.pt", "student.pt", "shard.npz"
 RUN_DIR_ENV = "KR_RUN_DIR"
 FAILURE_NOTE = "failure.json"
 R = TypeVar("R", bound=StepResult)
@@ -30,11 +29,6 @@ def context_run_dir() -> Path | None:
     """The run folder a runner announced through KR_RUN_DIR (None on a cluster's cached steps)."""
     value = os.environ.get(RUN_DIR_ENV, "")
     return Path(value) if value else None
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory, MiB (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run_step(
@@ -48,7 +42,7 @@ def run_step(
 
     A failure leaves a failure note in the run folder (when there is one) and a FAILED MLflow run, then re-raises.
     """
-    from kr.runtime import configure_threads, seed_everything
+    from kr.runtime import configure_threads, peak_rss_mb, seed_everything
 
     folder = folder or context_run_dir()
     # each step may be its own process (a KFP task): threads and seeds are set here, not once per run
