@@ -29,25 +29,11 @@ def resolve_config(
     thresholds). Outputs: `run_config` (the full resolved config, JSON) and, as parameters, the config JSON, the run
     folder, the start time (UTC ISO-8601), the generator checkpoints root and one config section per step (the text
     KFP's cache keys hash). Opens the MLflow parent run. Fails on an invalid request, before any work."""
-    from collections import namedtuple
     from pathlib import Path
 
     from kr import steps
 
     resolved = steps.resolve_config(request, overrides, gates, Path(run_config.path))
     run_config.metadata.update({"run_dir": resolved["run_dir"], "dataset": request.get("dataset", "")})
-    names = (
-        "config",
-        "run_dir",
-        "started_at",
-        "checkpoints_root",
-        "validate_data",
-        "train_teacher",
-        "train_generator",
-        "select_generator",
-        "plan_shards",
-        "train_student",
-        "train_naive",
-        "audit_privacy",
-    )
-    return namedtuple("Resolved", names)(*(resolved[n] for n in names))
+    outputs = resolve_config.__annotations__["return"]  # the NamedTuple above: its fields are the outputs
+    return outputs(*(resolved[name] for name in outputs._fields))

@@ -156,3 +156,13 @@ def test_every_config_field_is_described() -> None:
         if not info.description
     ]
     assert not missing, f"config fields without a description: {', '.join(missing)}"
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists the packages (the kr namespace spans three folders): a new one must be listed too, or
+    `pip install .` and the images would ship without it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert listed == found
