@@ -68,3 +68,13 @@ def test_generator_levels_must_match() -> None:
 def test_digest_changes_with_config() -> None:
     assert resolve_config("smoke").digest() != resolve_config("smoke", overrides=["seed=1"]).digest()
     assert resolve_config("smoke").digest() == resolve_config("smoke").digest()
+
+
+def test_runs_not_for_production_register_under_their_own_name() -> None:
+    """A smoke run once became kr-breastmnist-student@champion, the name a deployment serves."""
+    assert resolve_config("laptop").model_name == "kr-breastmnist-student"
+    assert resolve_config("smoke").model_name == "kr-breastmnist-student-dev"
+    marked = resolve_config("laptop", overrides=["tracking.production=false"])
+    assert marked.model_name == "kr-breastmnist-student-dev"
+    named = resolve_config("smoke", overrides=["tracking.model_name=my-model"])
+    assert named.model_name == "my-model"  # an explicit name is the user's choice

@@ -14,6 +14,7 @@ PRIVACY = {
     "memorization": {"near_copy_fraction": 0.0},
 }
 STUDENT, TEACHER, MAJORITY = 0.83, 0.85, 0.73
+RECALLS = {"0": {"n": 40, "recall": 0.6}, "1": {"n": 110, "recall": 0.9}}
 
 
 def test_privacy_gate_passes_within_thresholds() -> None:
@@ -44,8 +45,40 @@ def test_no_privacy_block_fails_every_check() -> None:
 
 def test_accuracy_gate_checks_floor_gap_and_majority() -> None:
     strict = AccuracyGate(min_student_accuracy=0.8, max_gap_pp=3, min_above_majority_pp=8)
-    assert accuracy_gate(STUDENT, TEACHER, MAJORITY, strict)["passed"]
-    gap = accuracy_gate(STUDENT, TEACHER, MAJORITY, AccuracyGate(max_gap_pp=1))
+    assert accuracy_gate(STUDENT, TEACHER, MAJORITY, strict, recalls=RECALLS)["passed"]
+    gap = accuracy_gate(STUDENT, TEACHER, MAJORITY, AccuracyGate(max_gap_pp=1), recalls=RECALLS)
     assert not gap["passed"] and "teacher minus student" in gap["reasons"][0]
-    verdict = accuracy_gate(STUDENT, None, MAJORITY, AccuracyGate())
+    verdict = accuracy_gate(STUDENT, None, MAJORITY, AccuracyGate(), recalls=RECALLS)
     assert not verdict["passed"] and any("missing" in r for r in verdict["reasons"])
+
+
+def test_a_constant_predictor_fails_the_default_accuracy_gate() -> None:
+    """Measured on BreastMNIST smoke: a student at exactly the majority rate (0.731), recall 0 on malignant, 1 on
+    benign, was promoted by the old defaults."""
+    majority = 114 / 156
+    constant = {"0": {"n": 42, "recall": 0.0}, "1": {"n": 114, "recall": 1.0}}
+    verdict = accuracy_gate(majority, 0.84, majority, AccuracyGate(), recalls=constant)
+    assert not verdict["passed"]
+    assert any("above majority rate" in r for r in verdict["reasons"])
+    assert any("class 0 recall" in r for r in verdict["reasons"])
+
+
+def test_near_constant_predictor_fails_on_its_weakest_class() -> None:
+    recalls = {"0": {"n": 42, "recall": 0.05}, "1": {"n": 114, "recall": 1.0}}
+    verdict = accuracy_gate(0.745, 0.84, 0.731, AccuracyGate(min_above_majority_pp=0), recalls=recalls)
+    assert not verdict["passed"] and any("class 0 recall" in r for r in verdict["reasons"])
+
+
+def test_a_teacher_that_did_not_learn_fails_the_gate() -> None:
+    recalls = {"0": {"n": 42, "recall": 0.7}, "1": {"n": 114, "recall": 0.9}}
+    verdict = accuracy_gate(0.85, 0.462, 0.731, AccuracyGate(max_gap_pp=100), recalls=recalls)
+    assert not verdict["passed"] and any("teacher did not learn" in r for r in verdict["reasons"])
+
+
+def test_the_default_runs_pass_the_default_accuracy_gate() -> None:
+    """laptop profile, seed 0 (README): BreastMNIST student 0.872 / teacher 0.840 / majority 0.731, recalls 0.667 and
+    0.947; PneumoniaMNIST 0.873 / 0.880 / 0.625, recalls 0.701 and 0.977."""
+    breast = {"0": {"n": 42, "recall": 0.667}, "1": {"n": 114, "recall": 0.947}}
+    pneumonia = {"0": {"n": 234, "recall": 0.701}, "1": {"n": 390, "recall": 0.977}}
+    assert accuracy_gate(0.872, 0.840, 0.731, AccuracyGate(), recalls=breast)["passed"]
+    assert accuracy_gate(0.873, 0.880, 0.625, AccuracyGate(), recalls=pneumonia)["passed"]

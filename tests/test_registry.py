@@ -39,7 +39,8 @@ def passing_gates(cfg: RunConfig, accuracy: float) -> dict:
         "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
         "memorization": {"near_copy_fraction": 0.0},
     }
-    gates = evaluate_gates(cfg, {"md5": "x"}, 0.5, accuracy, accuracy, privacy)
+    recalls = {"0": {"n": 10, "recall": accuracy}, "1": {"n": 10, "recall": accuracy}}
+    gates = evaluate_gates(cfg, {"md5": "x"}, 0.5, accuracy, accuracy, privacy, recalls)
     assert gates["passed"]
     return gates
 
@@ -100,5 +101,5 @@ def test_gate_tags_cover_every_check(store: dict) -> None:
     cfg = config(store, "k")
     tags = registry.gate_tags(passing_gates(cfg, 0.8))
     checks = [k for k in tags if k.endswith(".verdict") and k.count(".") == 3]
-    assert len(checks) == 6  # 3 accuracy checks + 3 privacy checks
+    assert len(checks) == 9  # 6 accuracy checks (floor, gap, majority, two class recalls, teacher) + 3 privacy
     assert all(tags[k.replace(".verdict", ".threshold")] for k in checks)

@@ -269,7 +269,19 @@ class AccuracyGate(Strict):
         5.0, ge=0, description="ceiling on teacher minus student test accuracy, in percentage points"
     )
     min_above_majority_pp: float = Field(
-        0.0, description="floor on student test accuracy minus the test majority-class rate, in percentage points"
+        1.0,
+        description="the student's test accuracy must exceed the test majority-class rate by more than this, in "
+        "percentage points (strictly: a constant predictor, exactly at the majority rate, fails)",
+    )
+    min_class_recall: float = Field(
+        0.1,
+        description="every class's test recall must exceed this fraction (strictly): a class the student never "
+        "predicts (recall 0) fails the gate, and so does a near-constant predictor",
+    )
+    teacher_min_above_majority_pp: float = Field(
+        1.0,
+        description="the teacher's test accuracy must exceed the majority-class rate by more than this, in "
+        "percentage points: a teacher that did not learn cannot teach, so its student is not promoted",
     )
 
 
@@ -337,7 +349,19 @@ class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None: no tracking (library use)")
     artifact_location: str | None = Field(None, description="experiment artifact root (embedded stores only)")
     experiment: str = Field("knowledge-recycling", description="MLflow experiment the runs are logged under")
-    model_name: str | None = Field(None, description="registered model; None: kr-<dataset>-student")
+    model_name: str | None = Field(
+        None, description="registered model; None: kr-<dataset>-student, with -dev for runs not for production"
+    )
+    log_teacher_weights: bool = Field(
+        False,
+        description="log the teacher's weights to MLflow; off by default: they were trained on real patient images "
+        "and membership inference can recover who was in that training set",
+    )
+    production: bool = Field(
+        True,
+        description="false for runs that are not for production (the smoke profile, experiments): their students "
+        "register under kr-<dataset>-student-dev, never under the name deployments serve",
+    )
 
     @field_validator("uri", "artifact_location")
     @classmethod
@@ -401,8 +425,10 @@ class RunConfig(Strict):
 
     @property
     def model_name(self) -> str:
-        """The registered model's name: tracking.model_name, else kr-<dataset file stem, lower case>-student."""
-        return self.tracking.model_name or f"kr-{Path(self.data.dataset).stem.lower()}-student"
+        """The registered model's name: tracking.model_name, else kr-<dataset file stem, lower case>-student, with
+        -dev appended when tracking.production is false."""
+        suffix = "" if self.tracking.production else "-dev"
+        return self.tracking.model_name or f"kr-{Path(self.data.dataset).stem.lower()}-student{suffix}"
 
 
 def profile_values(profile: str) -> dict[str, Any]:

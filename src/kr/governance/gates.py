@@ -31,7 +31,7 @@ def _check(checks: list[dict], name: str, value: Any, op: str, threshold: float)
             }
         )
         return
-    passed = value <= threshold if op == "<=" else value >= threshold
+    passed = {"<=": value <= threshold, ">=": value >= threshold, ">": value > threshold}[op]
     checks.append(
         {
             "check": name,
@@ -75,16 +75,32 @@ def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
 
 
 def accuracy_gate(
-    student: float | None, teacher: float | None, majority: float | None, cfg: AccuracyGate
+    student: float | None,
+    teacher: float | None,
+    majority: float | None,
+    cfg: AccuracyGate,
+    recalls: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The student's real test accuracy against a floor, its gap to the teacher and its lead over the majority-class
-    rate (all accuracies fractions in [0, 1]; gap and lead in percentage points). A None is a failed check."""
+    """The student's real test accuracy against a floor, its gap to the teacher, its lead over the majority-class
+    rate (strictly above `min_above_majority_pp`), every class's recall (strictly above `min_class_recall`), and the
+    teacher's own lead over the majority rate. Accuracies and recalls are fractions in [0, 1]; gaps and leads
+    percentage points. recalls: `classification_metrics`'s per_class ({class: {"n", "recall"}}); a class absent from
+    the test split (recall None) is skipped, no recalls at all is a failed check. A None value is a failed check."""
     checks: list[dict] = []
     _check(checks, "student test accuracy", student, ">=", cfg.min_student_accuracy)
     gap = 100 * (teacher - student) if isinstance(student, float) and isinstance(teacher, float) else None
     _check(checks, "teacher minus student (pp)", gap, "<=", cfg.max_gap_pp)
     above = 100 * (student - majority) if isinstance(student, float) and isinstance(majority, float) else None
-    _check(checks, "student above majority rate (pp)", above, ">=", cfg.min_above_majority_pp)
+    _check(checks, "student above majority rate (pp)", above, ">", cfg.min_above_majority_pp)
+    present = {c: r["recall"] for c, r in (recalls or {}).items() if r.get("n")}
+    if not present:
+        _check(checks, "per-class recall", None, ">", cfg.min_class_recall)
+    for name, recall in sorted(present.items()):
+        _check(checks, f"class {name} recall", recall, ">", cfg.min_class_recall)
+    learned = 100 * (teacher - majority) if isinstance(teacher, float) and isinstance(majority, float) else None
+    _check(checks, "teacher above majority rate (pp)", learned, ">", cfg.teacher_min_above_majority_pp)
+    if checks[-1]["value"] is not None and not checks[-1]["passed"]:
+        checks[-1]["reason"] += ": the teacher did not learn, so its student is not promoted"
     return _verdict(checks)
 
 
@@ -95,6 +111,7 @@ def evaluate_gates(
     teacher_accuracy: float | None,
     student_accuracy: float | None,
     privacy: dict[str, Any] | None,
+    student_recalls: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every gate's verdict and the overall one: {"data", "accuracy", "privacy": verdict, "passed": bool}.
 
@@ -104,7 +121,9 @@ def evaluate_gates(
     dataset = dataset or {}
     gates = {
         "data": {"passed": "md5" in dataset, "md5": dataset.get("md5"), "source": dataset.get("source")},
-        "accuracy": accuracy_gate(student_accuracy, teacher_accuracy, majority_rate, cfg.gates.accuracy),
+        "accuracy": accuracy_gate(
+            student_accuracy, teacher_accuracy, majority_rate, cfg.gates.accuracy, recalls=student_recalls
+        ),
         "privacy": privacy_gate(privacy, cfg.gates.privacy),
     }
     gates["passed"] = all(g["passed"] for g in gates.values())

@@ -106,7 +106,8 @@ def conclude(
 ) -> dict:
     """Register the student with every verdict, promote when allowed, and write the run's trail record.
 
-    example: uint8 (2, C, 28, 28) real test images for the model's signature (stays inside the registry's store).
+    example: uint8 (2, C, 28, 28) input example for the model's signature; never real images (it is stored in the
+    registry, read by more people than the run's data).
     Returns {"outcome": "promoted" | "rejected", "registry": version block or None, "gates": verdicts with the
     champion gate, "audit": trail reference or None}. Idempotent per run key (KFP retries steps).
     """

@@ -59,7 +59,8 @@ def summarize(
 def _run_files(folder: Path) -> list[Path]:
     from kr.governance.promotion import TRAIL_RECORD_COPY
 
-    return [folder / n for n in ("summary.json", "report.md", "samples.png", "selection.png", "mia_roc.png")] + [
+    # samples.png shows real training images beside synthetic ones: it stays in the run folder, out of MLflow
+    return [folder / n for n in ("summary.json", "report.md", "selection.png", "mia_roc.png")] + [
         folder / TRAIL_RECORD_COPY
     ]
 

@@ -84,7 +84,8 @@ def train_teacher(config: str, data_dir: Path, teacher_dir: Path) -> TeacherResu
     def step() -> TeacherResult:
         return TeacherResult(**teacher.train_teacher(load_saved_dataset(data_dir), cfg.teacher, teacher_dir, cfg.seed))
 
-    return run_step(cfg, "train_teacher", step, lambda r: [Path(r.path)])
+    # the teacher learned real images: its weights stay out of MLflow unless the config asks for them
+    return run_step(cfg, "train_teacher", step, lambda r: [Path(r.path)] if cfg.tracking.log_teacher_weights else [])
 
 
 def generator_workspace(cfg: RunConfig, data_md5: str, root: Path) -> Path:
