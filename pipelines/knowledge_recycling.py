@@ -15,7 +15,7 @@ from kfp import dsl, kubernetes
 
 from kr.components import build_components
 from kr.pipelines.settings import ClusterSettings
-from kr.steps import DEFAULT_PROFILE, PIPELINE_PARAMETERS, STEP, STRUCTURED, pipeline_signature
+from kr.steps import DEFAULT_PROFILE, PIPELINE_PARAMETERS, POLICY_ENV, STEP, STRUCTURED, pipeline_signature
 
 PIPELINE_NAME = "knowledge-recycling"
 DESCRIPTION = (
@@ -39,6 +39,11 @@ def configure(task: dsl.PipelineTask, step: str, cluster: ClusterSettings) -> ds
     for secret, mapping in cluster.secret_env.items():
         # optional: a cluster without that secret still runs, with no credentials in the pod
         kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=mapping, optional=True)
+    if spec.resolves_request and cluster.gate_policy_config_map:
+        kubernetes.use_config_map_as_volume(
+            task, config_map_name=cluster.gate_policy_config_map, mount_path=cluster.gate_policy_mount
+        )
+        task.set_env_variable(POLICY_ENV, f"{cluster.gate_policy_mount}/gates.yaml")
     if spec.run_volume:
         kubernetes.mount_pvc(task, pvc_name=cluster.runs_pvc, mount_path=cluster.runs_mount)
     task.set_caching_options(spec.cache)

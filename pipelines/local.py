@@ -80,7 +80,8 @@ def run_local(req: RunRequest, out: Path, cache_root: Path | None = None) -> dic
     )
     # no retries: on one machine a failure is not a preempted pod, and retrying bad data only wastes minutes; one
     # shard at a time: two torch processes on a few cores slow each other down several times over
-    local_settings = ClusterSettings(retries=0, regen_parallelism=1)
+    # and no ConfigMap: a local run's gate policy is the user's KR_GATE_POLICY (`kr run --gate-policy`)
+    local_settings = ClusterSettings(retries=0, regen_parallelism=1, gate_policy_config_map="")
     previous = os.environ.get(RUN_DIR_ENV)
     # the tasks' run folder, told outside their inputs so that it never enters a cache key
     os.environ[RUN_DIR_ENV] = str(out)

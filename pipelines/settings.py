@@ -28,6 +28,10 @@ class ClusterSettings:
     # ReadWriteMany: the run folders, and the generator checkpoints a retried task resumes from
     runs_pvc: str = "kr-runs"
     runs_mount: str = CLUSTER_RUNS_ROOT
+    # the platform's gate policy (infra/base/pipeline/gate-policy.yaml): required, so a cluster without it fails at
+    # resolve-config instead of running without floors
+    gate_policy_config_map: str = "kr-gate-policy"
+    gate_policy_mount: str = "/etc/kr/gate-policy"
     mlflow_secret: str = "kr-mlflow"  # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
     s3_secret: str = "kr-s3"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     secret_env: dict[str, dict[str, str]] = field(

@@ -26,7 +26,7 @@ def test_privacy_gate_passes_within_thresholds() -> None:
 def test_privacy_gate_names_what_failed() -> None:
     verdict = privacy_gate(PRIVACY, PrivacyGate(max_auc=0.51))
     assert not verdict["passed"]
-    assert verdict["reasons"] == ["student strongest attack AUC = 0.52 violates <= 0.51"]
+    assert len(verdict["reasons"]) == 1 and verdict["reasons"][0].startswith("student attack AUC distance from chance")
 
 
 @pytest.mark.parametrize("bad", [None, float("nan"), "0.5", True])
@@ -82,3 +82,23 @@ def test_the_default_runs_pass_the_default_accuracy_gate() -> None:
     pneumonia = {"0": {"n": 234, "recall": 0.701}, "1": {"n": 390, "recall": 0.977}}
     assert accuracy_gate(0.872, 0.840, 0.731, AccuracyGate(), recalls=breast)["passed"]
     assert accuracy_gate(0.873, 0.880, 0.625, AccuracyGate(), recalls=pneumonia)["passed"]
+
+
+@pytest.mark.parametrize(
+    "override", ["gates.champion.tolerance_pp=.inf", "gates.accuracy.max_gap_pp=.inf", "gates.privacy.max_auc=.nan"]
+)
+def test_non_finite_thresholds_are_refused_at_resolve_time(override: str) -> None:
+    from kr.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".", 1)[1]):
+        resolve_config("smoke", overrides=[override])
+
+
+def test_an_inverted_attack_is_as_leaky_as_its_mirror() -> None:
+    """An attack with AUC 0.1 separates members as well as one with 0.9: the gate judges the distance from chance."""
+    inverted = copy.deepcopy(PRIVACY)
+    inverted["student"]["attacks"] = {"loss": {"auc": 0.1, "tpr_at_1pct_fpr": 0.0}, "rmia": {"auc": 0.52}}
+    inverted["student"]["strongest"] = {"attack": "rmia", "auc": 0.52, "tpr_at_1pct_fpr": 0.02}
+    verdict = privacy_gate(inverted, PrivacyGate(max_auc=0.6))
+    assert not verdict["passed"] and any("distance from chance" in r for r in verdict["reasons"])
+    assert privacy_gate(PRIVACY, PrivacyGate(max_auc=0.6))["passed"]

@@ -177,3 +177,14 @@ def test_compile_command_writes_the_image(tmp_path: Path) -> None:
     result = kr("compile", "--out", str(out), "--image", IMAGE)
     assert result.returncode == 0, result.stderr
     assert IMAGE in out.read_text()
+
+
+def test_the_tasks_that_resolve_the_request_read_the_clusters_gate_policy(compiled) -> None:
+    spec, platform, _ = compiled
+    k8s = json_format.MessageToDict(platform)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted = {name.removeprefix("exec-") for name, e in k8s.items() if e.get("configMapAsVolume")}
+    assert mounted == {"resolve-config", "finalize-run"}
+    volume = k8s["exec-resolve-config"]["configMapAsVolume"][0]
+    assert volume["configMapName"] == "kr-gate-policy" and not volume.get("optional")
+    env = {e["name"]: e["value"] for e in _executors(spec)["exec-resolve-config"]["container"]["env"]}
+    assert env["KR_GATE_POLICY"] == f"{volume['mountPath']}/gates.yaml"

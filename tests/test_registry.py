@@ -45,7 +45,9 @@ def passing_gates(cfg: RunConfig, accuracy: float) -> dict:
     return gates
 
 
-def decide(store: dict, key: str, accuracy: float, promote: bool = True, tolerance_pp: float = 1.0) -> dict:
+def decide(
+    store: dict, key: str, accuracy: float, promote: bool = True, tolerance_pp: float = 1.0, md5: str = "x"
+) -> dict:
     cfg = config(store, key, tolerance_pp)
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     exp = client.get_experiment_by_name("t") or client.get_experiment(
@@ -54,7 +56,7 @@ def decide(store: dict, key: str, accuracy: float, promote: bool = True, toleran
     run_id = client.create_run(exp.experiment_id).info.run_id
     x = np.zeros((2, 1, 28, 28), np.uint8)
     gates = passing_gates(cfg, accuracy)
-    return registry.decide(cfg, run_id, store["student"], x, gates, accuracy, promote=promote)
+    return registry.decide(cfg, run_id, store["student"], x, gates, accuracy, promote=promote, dataset_md5=md5)
 
 
 def champion(store: dict) -> str:
@@ -79,7 +81,7 @@ def test_champion_rules_and_tolerance(store: dict) -> None:
     assert not rejected["promoted"] and rejected["version"] == "4" and champion(store) == "3"
     tags = MlflowClient(tracking_uri=store["uri"]).get_model_version("m", "4").tags
     assert tags["kr.run_key"] == "run-4" and tags["gate.privacy.verdict"] == "pass"
-    assert tags["gate.privacy.student_strongest_attack_auc.threshold"] == "<= 0.6"
+    assert tags["gate.privacy.student_attack_auc_distance_from_chance.threshold"] == "<= 0.1"
 
 
 def test_registration_is_idempotent_per_run(store: dict) -> None:
@@ -95,6 +97,16 @@ def test_a_champion_without_its_accuracy_is_kept(store: dict) -> None:
     MlflowClient(tracking_uri=store["uri"]).delete_model_version_tag("m", "1", "kr.student_test_accuracy")
     challenger = decide(store, "run-2", 0.95)
     assert not challenger["promoted"] and champion(store) == "1"  # fail closed: no number, no comparison
+
+
+def test_a_champion_scored_on_another_test_set_is_not_compared(store: dict) -> None:
+    """Accuracies on two test sets are not comparable: any file named BreastMNIST.npz registers under one name."""
+    decide(store, "run-1", 0.8, md5="a")
+    other = decide(store, "run-2", 0.95, md5="b")
+    assert not other["promoted"] and champion(store) == "1"
+    assert "another test set" in other["champion_gate"]["reasons"][0]
+    same = decide(store, "run-3", 0.81, md5="a")
+    assert same["promoted"] and champion(store) == "3"
 
 
 def test_gate_tags_cover_every_check(store: dict) -> None:

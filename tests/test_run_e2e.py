@@ -139,9 +139,10 @@ def test_passing_run_is_tracked_registered_and_promoted(embedded) -> None:
     version = c.get_model_version(MODEL, "1")
     # every gate's threshold, value and verdict is on the version, and the version points to its audit record
     assert version.tags["gate.accuracy.verdict"] == "pass" and version.tags["gate.privacy.verdict"] == "pass"
-    assert version.tags["gate.privacy.student_strongest_attack_auc.threshold"] == "<= 1"
-    assert float(version.tags["gate.privacy.student_strongest_attack_auc.value"]) == pytest.approx(
-        s["privacy"]["student"]["strongest"]["auc"], abs=1e-5
+    assert version.tags["gate.privacy.student_attack_auc_distance_from_chance.threshold"] == "<= 0.5"
+    farthest = max(abs(a["auc"] - 0.5) for a in s["privacy"]["student"]["attacks"].values())
+    assert float(version.tags["gate.privacy.student_attack_auc_distance_from_chance.value"]) == pytest.approx(
+        farthest, abs=1e-5
     )
     assert version.tags["kr.audit_record_id"] == s["audit"]["record_id"]
     assert version.tags["kr.audit_record_hash"] == s["audit"]["record_hash"]

@@ -262,6 +262,9 @@ class PrivacyConfig(Strict):
 class AccuracyGate(Strict):
     """Floors and ceilings on the student's test accuracy; the gate fails on a missing value."""
 
+    # a threshold of inf or nan switches its gate off: refused
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
     min_student_accuracy: float = Field(
         0.0, ge=0, le=1, description="student test accuracy floor, a fraction in [0, 1]"
     )
@@ -288,7 +291,16 @@ class AccuracyGate(Strict):
 class PrivacyGate(Strict):
     """Ceilings on what the membership inference attacks and the memorisation check found."""
 
-    max_auc: float = Field(0.6, ge=0.5, le=1, description="ceiling on the strongest attack's ROC AUC on the student")
+    # a threshold of inf or nan switches its gate off: refused
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    max_auc: float = Field(
+        0.6,
+        ge=0.5,
+        le=1,
+        description="ceiling on every attack's ROC AUC on the student, folded at chance: the gate "
+        "checks |AUC - 0.5| <= max_auc - 0.5, so an inverted attack (AUC 0.1) counts as 0.9",
+    )
     max_tpr_at_1pct_fpr: float = Field(
         0.1, ge=0, le=1, description="ceiling on the top TPR at 1% FPR of any attack on the student (fraction)"
     )
@@ -299,6 +311,9 @@ class PrivacyGate(Strict):
 
 class ChampionGate(Strict):
     """How the student compares with the registered champion before it may replace it."""
+
+    # a threshold of inf or nan switches its gate off: refused
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     tolerance_pp: float = Field(
         1.0,

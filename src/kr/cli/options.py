@@ -49,7 +49,14 @@ REQUEST_OPTIONS: dict[str, tuple[Any, Any]] = {
     "model_name": (ModelNameOpt, None),
     "audit_uri": (AuditOpt, None),
 }
-LOCAL_OPTIONS: dict[str, tuple[Any, Any]] = {"data_root": (DataRootOpt, None)}
+GatePolicyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="gate policy (YAML of the loosest thresholds allowed; the run may only tighten them); "
+        "default $KR_GATE_POLICY, else none. On a cluster the ConfigMap kr-gate-policy decides"
+    ),
+]
+LOCAL_OPTIONS: dict[str, tuple[Any, Any]] = {"data_root": (DataRootOpt, None), "gate_policy": (GatePolicyOpt, None)}
 CLUSTER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "host": (HostOpt, inspect.Parameter.empty),
     "image": (ImageOpt, inspect.Parameter.empty),
@@ -106,6 +113,7 @@ def build_request(
     model_name: str | None,
     audit_uri: str | None,
     data_root: Path | None = None,
+    gate_policy: Path | None = None,
     download: bool = False,
     local_store: bool = True,
 ) -> RunRequest:
@@ -115,6 +123,11 @@ def build_request(
     absolute); else a cluster run (defaults from the environment only). Raises ConfigError, OSError.
     """
     from kr.data import resolve_data_root
+    from kr.governance.policy import POLICY_ENV
+
+    if gate_policy is not None:
+        # the environment carries it to every task of a local run (kfp.local subprocesses inherit it)
+        os.environ[POLICY_ENV] = str(Path(gate_policy).resolve())
 
     extra = list(overrides or [])
     if download:

@@ -17,9 +17,12 @@ def _dig(tree: dict | None, path: str) -> Any:
     return node
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check(checks: list[dict], name: str, value: Any, op: str, threshold: float) -> None:
-    ok_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok_number:
+    if not _number(value):
         checks.append(
             {
                 "check": name,
@@ -52,11 +55,24 @@ def _verdict(checks: list[dict]) -> dict:
     }
 
 
+def chance_distance(privacy: dict | None) -> float | None:
+    """The largest |AUC - 0.5| of any attack on the student: an attack with AUC 0.1 separates members from
+    non-members as well as one with 0.9 (its scores inverted), so both are equally leaky. None without attacks."""
+    attacks = _dig(privacy, "student.attacks")
+    aucs = [a.get("auc") for a in attacks.values()] if isinstance(attacks, dict) else []
+    aucs = [a for a in aucs if _number(a)]
+    if not aucs:  # an audit without per-attack results: judge the strongest alone
+        strongest = _dig(privacy, "student.strongest.auc")
+        aucs = [strongest] if _number(strongest) else []
+    return max(abs(a - 0.5) for a in aucs) if aucs else None
+
+
 def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
-    """The strongest attack on the student (ROC AUC, TPR at 1% FPR) and the generator's near-copy fraction against
-    the configured ceilings. `privacy` is the privacy audit's result (kr.privacy.audit); None fails every check."""
+    """Every attack on the student judged by its ROC AUC's distance from chance (|AUC - 0.5| <= max_auc - 0.5), the
+    strongest attack's TPR at 1% FPR, and the generator's near-copy fraction, against the configured ceilings.
+    `privacy` is the privacy audit's result (kr.privacy.audit); None fails every check."""
     checks: list[dict] = []
-    _check(checks, "student strongest attack AUC", _dig(privacy, "student.strongest.auc"), "<=", cfg.max_auc)
+    _check(checks, "student attack AUC distance from chance", chance_distance(privacy), "<=", cfg.max_auc - 0.5)
     _check(
         checks,
         "student TPR at 1% FPR",

@@ -125,6 +125,7 @@ def conclude(
             student.test.accuracy,
             promote=promote and bool(gates.get("passed")),
             move_alias=False,
+            dataset_md5=results.data.info.get("md5") if results.data else None,
         )
         gates["champion"] = registry_block.pop("champion_gate")
     else:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 RUN_KEY_TAG = "kr.run_key"
+DATASET_TAG = "kr.dataset_md5"
 
 
 class RegistryError(RuntimeError):
@@ -159,8 +160,10 @@ def current_champion(cfg: RunConfig):
     return client(cfg).get_model_version(cfg.model_name, str(model.aliases[CHAMPION]))
 
 
-def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> dict:
-    """Not worse than the current champion's test accuracy by more than gates.champion.tolerance_pp."""
+def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion, dataset_md5: str | None = None) -> dict:
+    """Not worse than the current champion's test accuracy (fraction) by more than gates.champion.tolerance_pp
+    (percentage points), compared only when both were scored on the same test set (the data file's MD5, tag
+    kr.dataset_md5): a champion from another file, or without the tag, is kept and the reason recorded."""
     tolerance = cfg.gates.champion.tolerance_pp
     if champion is None:
         return {"passed": True, "champion_version": None, "reasons": [], "checks": [], "note": "no champion yet"}
@@ -171,6 +174,19 @@ def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion) -> di
             "reasons": [],
             "checks": [],
             "note": "is champion",
+        }
+    theirs = (champion.tags or {}).get(DATASET_TAG)
+    if dataset_md5 is None or theirs != dataset_md5:
+        reason = (
+            f"champion version {champion.version} was scored on another test set (dataset MD5 {theirs or 'unknown'}, "
+            f"this student's {dataset_md5 or 'unknown'}): accuracies on different test sets are not compared"
+        )
+        check = {"check": "same test set as the champion", "value": None, "threshold": 0.0, "op": ">="}
+        return {
+            "passed": False,
+            "champion_version": str(champion.version),
+            "checks": [{**check, "passed": False, "reason": reason}],
+            "reasons": [reason],
         }
     raw = (champion.tags or {}).get("kr.student_test_accuracy")
     best = float(raw) if raw is not None else None
@@ -215,24 +231,27 @@ def decide(
     accuracy: float,
     promote: bool,
     move_alias: bool = True,
+    dataset_md5: str | None = None,
 ) -> dict:
     """Register the student with its gate tags; `champion` goes to it only when promote and the champion gate pass.
 
     With move_alias=False the decision is made but the alias left to the caller, which records it first.
     """
     base_tags = {"kr.student_test_accuracy": f"{accuracy:.6f}", "kr.config_digest": cfg.digest()}
+    if dataset_md5:  # the test set the accuracy was measured on: champions are compared only on the same one
+        base_tags[DATASET_TAG] = dataset_md5
     version = register(cfg, run_id, student_path, example, base_tags | gate_tags(gates))
     result = {"model_name": cfg.model_name, "version": str(version.version), "alias": None, "promoted": False}
     if not promote:
         result["champion_gate"] = {"passed": False, "evaluated": False, "reasons": ["an earlier gate failed"]}
         return result
     before = current_champion(cfg)
-    verdict = champion_gate(cfg, version.version, accuracy, before)
+    verdict = champion_gate(cfg, version.version, accuracy, before, dataset_md5)
     if verdict["passed"]:
         # re-read right before the move: another run may have promoted while this one was registering
         now = current_champion(cfg)
         if (now and now.version) != (before and before.version):
-            verdict = champion_gate(cfg, version.version, accuracy, now)
+            verdict = champion_gate(cfg, version.version, accuracy, now, dataset_md5)
     c = client(cfg)
     for key, value in gate_tags({"champion": verdict}).items():
         if key != "gate.passed":

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kr.config import DEFAULT_PROFILE, ConfigError, RunConfig, deep_merge, resolve_config
+from kr.governance.policy import enforce as enforce_policy
+from kr.governance.policy import policy_path
 
 CLUSTER_RUNS_ROOT = "/mnt/kr-runs"
 
@@ -110,8 +112,9 @@ def started_at(req: RunRequest) -> str:
 
 
 def resolve_request(req: RunRequest) -> RunConfig:
-    """defaults < profile < config_yaml < overrides, then the run's own settings (gates, registry, trail, meta).
-    Raises ConfigError naming the key and the reason; ValueError when the run has no folder."""
+    """defaults < profile < config_yaml < overrides, then the run's own settings (gates, registry, trail, meta),
+    held to the gate policy (KR_GATE_POLICY, `kr.governance.policy`). Raises ConfigError naming the key and the
+    reason; ValueError when the run has no folder."""
     base: dict[str, Any] = {"data": {"dataset": req.dataset}}
     if req.data_root:
         base["data"]["data_root"] = req.data_root
@@ -135,6 +138,8 @@ def resolve_request(req: RunRequest) -> RunConfig:
         "kfp_run_id": "" if _unresolved(req.kfp_run_id) else req.kfp_run_id,
     }
     try:
-        return RunConfig.model_validate(values)
+        cfg = RunConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"invalid run parameters: {_problems(exc)}") from exc
+    enforce_policy(cfg.gates, policy_path())  # after every source of gate values: none may loosen the policy
+    return cfg

@@ -24,7 +24,8 @@ class StepSpec:
     gpu: requests an accelerator on a cluster. cache: KFP may reuse an earlier execution with the same inputs.
     retries: a failed pod is retried (preemption). sections: the RunConfig sections the step reads, None: all.
     run_volume: mounts the shared runs volume on a cluster: the run folder (summary, report, the MLflow parent's
-    id, failure notes) or the generator's resumable checkpoints.
+    id, failure notes) or the generator's resumable checkpoints. resolves_request: resolves the run request, so it
+    reads the gate policy (a ConfigMap on a cluster).
     """
 
     name: str
@@ -33,6 +34,7 @@ class StepSpec:
     retries: bool = True
     sections: tuple[str, ...] | None = ()
     run_volume: bool = False
+    resolves_request: bool = False
 
     @property
     def task(self) -> str:
@@ -41,7 +43,7 @@ class StepSpec:
 
 
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec("resolve_config", cache=False, sections=None, run_volume=True),
+    StepSpec("resolve_config", cache=False, sections=None, run_volume=True, resolves_request=True),
     StepSpec("validate_data", sections=("data", "validation")),
     StepSpec("train_teacher", sections=("teacher",)),
     StepSpec("train_generator", gpu=True, sections=("generator",), run_volume=True),
@@ -56,7 +58,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("promote", cache=False, sections=None, run_volume=True),
     StepSpec("record_rejection", cache=False, sections=None, run_volume=True),
     StepSpec("summarize", cache=False, sections=None, run_volume=True),
-    StepSpec("finalize_run", cache=False, retries=False, sections=None, run_volume=True),
+    StepSpec("finalize_run", cache=False, retries=False, sections=None, run_volume=True, resolves_request=True),
 )
 STEP = {s.name: s for s in STEPS}
 ORDER = tuple(s.name for s in STEPS)

@@ -12,6 +12,7 @@ does); on a cluster they run without it and their by-products stay in their arti
 """
 
 from kr.config import ConfigError
+from kr.governance.policy import POLICY_ENV
 from kr.results import (
     Conclusion,
     DataResult,
@@ -73,6 +74,7 @@ __all__ = [
     "GeneratorResult",
     "NaiveResult",
     "PIPELINE_PARAMETERS",
+    "POLICY_ENV",
     "PrivacyResult",
     "RESULT_TYPES",
     "RUN_DIR_ENV",
