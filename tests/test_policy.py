@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kr.config import ConfigError, GatesConfig
-from kr.governance.policy import CEILINGS, FLOORS, POLICY_ENV, enforce, load_policy
+from kr.run.policy import CEILINGS, FLOORS, POLICY_ENV, enforce, load_policy
 from kr.run.request import RunRequest, resolve_request
 
 POLICY = {"accuracy": {"max_gap_pp": 5, "min_class_recall": 0.1}, "privacy": {"max_auc": 0.6}}

@@ -123,7 +123,7 @@ def build_request(
     absolute); else a cluster run (defaults from the environment only). Raises ConfigError, OSError.
     """
     from kr.data import resolve_data_root
-    from kr.governance.policy import POLICY_ENV
+    from kr.run.policy import POLICY_ENV
 
     if gate_policy is not None:
         # the environment carries it to every task of a local run (kfp.local subprocesses inherit it)

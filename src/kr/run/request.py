@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kr.config import DEFAULT_PROFILE, ConfigError, RunConfig, deep_merge, resolve_config
-from kr.governance.policy import enforce as enforce_policy
-from kr.governance.policy import policy_path
+from kr.run.policy import enforce as enforce_policy
+from kr.run.policy import policy_path
 
 CLUSTER_RUNS_ROOT = "/mnt/kr-runs"
 
@@ -113,7 +113,7 @@ def started_at(req: RunRequest) -> str:
 
 def resolve_request(req: RunRequest) -> RunConfig:
     """defaults < profile < config_yaml < overrides, then the run's own settings (gates, registry, trail, meta),
-    held to the gate policy (KR_GATE_POLICY, `kr.governance.policy`). Raises ConfigError naming the key and the
+    held to the gate policy (KR_GATE_POLICY, `kr.run.policy`). Raises ConfigError naming the key and the
     reason; ValueError when the run has no folder."""
     base: dict[str, Any] = {"data": {"dataset": req.dataset}}
     if req.data_root:

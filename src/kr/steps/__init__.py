@@ -12,7 +12,6 @@ does); on a cluster they run without it and their by-products stay in their arti
 """
 
 from kr.config import ConfigError
-from kr.governance.policy import POLICY_ENV
 from kr.results import (
     Conclusion,
     DataResult,
@@ -26,6 +25,7 @@ from kr.results import (
     StudentResult,
     TeacherResult,
 )
+from kr.run.policy import POLICY_ENV
 from kr.run.report import decision_markdown, gates_markdown
 from kr.run.request import (
     CLUSTER_RUNS_ROOT,
