@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from test_validation import CFG, shard_fails, write_shard
 from kr.data import load_dataset
 from kr.method.classifier import SmallResNet
 from kr.method.fidelity import (
+    Envelope,
     fidelity,
     fit_envelope,
     frechet_distance,
@@ -128,3 +130,11 @@ def test_all_black_shard_fails_its_checks(tmp_path: Path) -> None:
     assert ok["passed"], ok["failures"]
     strict = ValidationConfig(max_shared_fraction=0.0, max_broken_fraction=0.0)
     assert "4 of 50 samples" in shard_fails(tmp_path / "m.npz", tmp_path / "strict", strict, envelope=env)
+
+
+def test_an_envelope_survives_its_json_form() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
+    env = fit_envelope(x)
+    again = Envelope.from_dict(json.loads(json.dumps(env.to_dict())))
+    assert again == env and (again.broken(x) == env.broken(x)).all()

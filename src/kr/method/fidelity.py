@@ -73,6 +73,11 @@ class Envelope:
         s = image_statistics(x_uint8)
         return ((s < np.asarray(self.low)) | (s > np.asarray(self.high))).any(axis=1)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Envelope:
+        """The envelope `to_dict` wrote (e.g. the selection result's), without fitting it again."""
+        return cls(tuple(values["low"]), tuple(values["high"]), values["quantile"], values["margin"])
+
     def to_dict(self) -> dict:
         """JSON-ready dict: low, high, quantile, margin, and "statistics" (the names of the bounded columns)."""
         d = asdict(self)

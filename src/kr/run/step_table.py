@@ -64,11 +64,6 @@ STEP = {s.name: s for s in STEPS}
 ORDER = tuple(s.name for s in STEPS)
 
 
-def by_task(task: str) -> StepSpec:
-    """The step of a KFP task name (`regenerate` for every shard's task). Raises KeyError for an unknown task."""
-    return STEP[task.replace("-", "_")]
-
-
 def step_config(cfg: RunConfig, step: str) -> str:
     """The JSON config a step's component receives: the seed, tracking and the step's own sections (all for a step
     whose sections are None), run metadata excluded unless the step reads everything. Keys sorted: the text is part

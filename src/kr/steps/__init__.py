@@ -35,7 +35,7 @@ from kr.run.request import (
     RunRequest,
     pipeline_signature,
 )
-from kr.run.step_table import STEP, STEPS, StepSpec, by_task
+from kr.run.step_table import STEP, STEPS, StepSpec
 from kr.steps.deciding import RESULT_TYPES, audit_privacy, conclude, conclude_task, evaluate_gates, load_results
 from kr.steps.reporting import finalize_run, summarize
 from kr.steps.running import (
@@ -92,7 +92,6 @@ __all__ = [
     "TEACHER_FILE",
     "TeacherResult",
     "audit_privacy",
-    "by_task",
     "conclude",
     "conclude_task",
     "context_run_dir",

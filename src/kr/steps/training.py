@@ -166,7 +166,7 @@ def regenerate(
     logits and check it (Great Expectations); the shard is `shard_dir`/shard.npz with its Data Docs beside it.
     Raises kr.validation.ValidationFailed when the shard fails its suite."""
     from kr.method import regeneration as regen
-    from kr.method.fidelity import fit_envelope
+    from kr.method.fidelity import Envelope
     from kr.validation import validate_shard
 
     plan = json.loads(Path(plan_path).read_text())
@@ -198,7 +198,8 @@ def regenerate(
                 cfg.validation,
                 docs,
                 channels=data.info.channels,
-                envelope=fit_envelope(data.x_train),
+                # the envelope selection fitted on the same real training split: no second fit per shard
+                envelope=Envelope.from_dict(selection.envelope),
             )
         finally:
             publish(docs, f"validation/shard-{shard:03d}", context_run_dir())
