@@ -39,7 +39,14 @@ def audit_privacy(
     r.save(Path(result.path))
     for model in ("teacher", "student"):
         metrics.log_metric(f"{model}_strongest_auc", getattr(r, model)["strongest"]["auc"])
-        metrics.log_metric(f"{model}_tpr_at_1pct_fpr", getattr(r, model)["strongest"]["tpr_at_1pct_fpr"])
+        tpr = getattr(r, model)["strongest"]["tpr_at_1pct_fpr"]
+        if tpr is not None:  # None: 1% FPR is not measurable with these non-members
+            metrics.log_metric(f"{model}_tpr_at_1pct_fpr", tpr)
+        if r.canaries:
+            metrics.log_metric(f"{model}_canary_auc", r.canaries[model]["auc"])
+            metrics.log_metric(
+                f"{model}_canary_epsilon_lower_bound", r.canaries[model]["epsilon_lower_bound"]["epsilon"]
+            )
     metrics.log_metric("near_copy_fraction", r.memorization["near_copy_fraction"])
     roc = r.student["strongest"].get("roc")
     if roc:

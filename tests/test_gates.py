@@ -10,7 +10,9 @@ from kr.config import AccuracyGate, PrivacyGate
 from kr.governance.gates import accuracy_gate, privacy_gate
 
 PRIVACY = {
+    "n_nonmembers": 200,
     "student": {"strongest": {"auc": 0.52, "tpr_at_1pct_fpr": 0.02}},
+    "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.505}},
     "memorization": {"near_copy_fraction": 0.0},
 }
 STUDENT, TEACHER, MAJORITY = 0.83, 0.85, 0.73
@@ -19,8 +21,8 @@ RECALLS = {"0": {"n": 40, "recall": 0.6}, "1": {"n": 110, "recall": 0.9}}
 
 def test_privacy_gate_passes_within_thresholds() -> None:
     verdict = privacy_gate(PRIVACY, PrivacyGate(max_auc=0.55, max_tpr_at_1pct_fpr=0.05))
-    assert verdict["passed"] and verdict["reasons"] == []
-    assert len(verdict["checks"]) == 3
+    assert verdict["passed"] and verdict["state"] == "pass" and verdict["reasons"] == []
+    assert len(verdict["checks"]) == 5
 
 
 def test_privacy_gate_names_what_failed() -> None:
@@ -40,7 +42,34 @@ def test_privacy_gate_fails_closed_on_missing_or_bad_metric(bad) -> None:
 
 def test_no_privacy_block_fails_every_check() -> None:
     verdict = privacy_gate(None, PrivacyGate())
-    assert not verdict["passed"] and len(verdict["reasons"]) == 3
+    assert not verdict["passed"] and verdict["state"] == "fail" and len(verdict["reasons"]) == 5
+
+
+def test_an_audit_without_power_is_inconclusive_and_does_not_pass() -> None:
+    """The student looks safe, but the teacher, trained on the canaries, does not tell them apart either: the audit
+    could not have seen a leak, so the verdict is inconclusive (fail closed), not pass."""
+    weak = copy.deepcopy(PRIVACY)
+    weak["canaries"]["teacher"]["auc"] = 0.62
+    verdict = privacy_gate(weak, PrivacyGate())
+    assert not verdict["passed"] and verdict["state"] == "inconclusive"
+    assert any("audit power: teacher canary AUC" in r for r in verdict["reasons"])
+    assert any(r.startswith("inconclusive") for r in verdict["reasons"])
+    # without canaries the power is unknown: inconclusive too
+    blind = copy.deepcopy(PRIVACY)
+    blind["canaries"] = None
+    assert privacy_gate(blind, PrivacyGate())["state"] == "inconclusive"
+    # too few non-members to measure 1% FPR: inconclusive
+    few = copy.deepcopy(PRIVACY) | {"n_nonmembers": 60}
+    few["student"]["strongest"]["tpr_at_1pct_fpr"] = None
+    verdict = privacy_gate(few, PrivacyGate())
+    assert verdict["state"] == "inconclusive" and any("60 non-members" in r for r in verdict["reasons"])
+
+
+def test_a_leak_seen_by_a_weak_audit_is_a_failure() -> None:
+    leaky = copy.deepcopy(PRIVACY)
+    leaky["canaries"]["teacher"]["auc"] = 0.62
+    leaky["canaries"]["student"]["auc"] = 0.8
+    assert privacy_gate(leaky, PrivacyGate())["state"] == "fail"
 
 
 def test_accuracy_gate_checks_floor_gap_and_majority() -> None:

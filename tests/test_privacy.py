@@ -31,17 +31,29 @@ def test_metrics_on_a_hand_checked_case() -> None:
     assert m["auc"] == pytest.approx(8 / 9)
     # best threshold 0.3: TPR 1, FPR 1/3 -> balanced accuracy 5/6
     assert m["balanced_accuracy"] == pytest.approx(5 / 6)
-    # at FPR 0 the threshold 0.8 catches 2 of 3 members
-    assert m["tpr_at_1pct_fpr"] == pytest.approx(2 / 3)
+    # at the smallest measurable FPR (1/3) the threshold 0.3 catches all; 1% cannot be measured from 3 non-members
+    assert m["tpr_at_min_fpr"] == pytest.approx(1.0) and m["tpr_at_1pct_fpr"] is None
     assert m["n_members"] == 3 and m["n_nonmembers"] == 3
 
 
 def test_perfect_and_inverted_attacks() -> None:
     member = np.array([1] * 50 + [0] * 50, bool)
     perfect = attack_metrics(np.r_[np.ones(50), np.zeros(50)], member)
-    assert perfect["auc"] == 1.0 and perfect["tpr_at_01pct_fpr"] == 1.0
+    assert perfect["auc"] == 1.0 and perfect["tpr_at_min_fpr"] == 1.0
     inverted = attack_metrics(np.r_[np.zeros(50), np.ones(50)], member)
-    assert inverted["auc"] == 0.0 and inverted["tpr_at_1pct_fpr"] == 0.0
+    assert inverted["auc"] == 0.0 and inverted["tpr_at_min_fpr"] == 0.0
+
+
+def test_no_tpr_is_claimed_below_the_smallest_measurable_fpr() -> None:
+    # 50 non-members: the smallest FPR above zero is 2%, so neither 1% nor 0.1% can be measured
+    member = np.array([1] * 50 + [0] * 50, bool)
+    m = attack_metrics(np.r_[np.ones(50), np.zeros(50)], member)
+    assert m["min_measurable_fpr"] == pytest.approx(0.02)
+    assert m["tpr_at_1pct_fpr"] is None and m["tpr_at_1pct_fpr_ci"] is None and m["tpr_at_01pct_fpr"] is None
+    # 200 non-members: 1% is measurable (with its interval), 0.1% is not
+    member = np.array([1] * 200 + [0] * 200, bool)
+    m = attack_metrics(np.r_[np.ones(200), np.zeros(200)], member)
+    assert m["tpr_at_1pct_fpr"] == 1.0 and m["tpr_at_1pct_fpr_ci"][0] > 0.98 and m["tpr_at_01pct_fpr"] is None
 
 
 def test_tpr_at_fpr_reads_the_curve() -> None:
@@ -97,6 +109,12 @@ def _simulated_leak(n: int, k: int, leak: float, seed: int = 0):
     return logits(target_in), labels, ref, ref_in, target_in
 
 
+def _population(k: int, z: int, seed: int = 1):
+    """RMIA's population: examples no reference model and not the target trained on."""
+    target, labels, ref, ref_in, _ = _simulated_leak(z, k, 0.0, seed)
+    return target, labels, ref
+
+
 @pytest.mark.parametrize("attack", ["loss", "shadow", "lira_online", "lira_offline", "rmia"])
 def test_attacks_find_leakage_that_is_there_and_none_that_is_not(attack: str) -> None:
     def run(leak: float) -> float:
@@ -106,7 +124,7 @@ def test_attacks_find_leakage_that_is_there_and_none_that_is_not(attack: str) ->
             "shadow": lambda: shadow_attack(target, labels, ref, ref_in),
             "lira_online": lambda: lira(target, labels, ref, ref_in, online=True),
             "lira_offline": lambda: lira(target, labels, ref, ref_in, online=False),
-            "rmia": lambda: rmia(target, labels, ref, ref_in),
+            "rmia": lambda: rmia(target, labels, ref, _population(16, 200)),
         }[attack]()
         return attack_metrics(scores, member)
 
@@ -124,31 +142,33 @@ def test_reference_models_make_lira_stronger_than_the_loss_attack() -> None:
 
 
 @needs_real
-def test_loss_attack_on_real_overfit_and_unseen_classifiers() -> None:
+def test_attack_controls_on_real_images() -> None:
+    """Positive control: a classifier overfit (no augmentation, no regularisation, last epoch) on 64 real images is
+    caught (loss AUC >= 0.8). Negative control: one that never saw those 64 is not (AUC interval holds 0.5)."""
     from kr.data import load_dataset
 
     data = load_dataset("breastmnist", REAL_ROOT)
     rng = np.random.default_rng(0)
-    members = rng.choice(len(data.x_train), 120, replace=False)
-    nonmembers = rng.choice(len(data.x_test), 120, replace=False)
+    members = rng.choice(len(data.x_train), 64, replace=False)
+    nonmembers = rng.choice(len(data.x_test), 64, replace=False)
     x = np.concatenate([data.x_train[members], data.x_test[nonmembers]])
     y = np.concatenate([data.y_train[members], data.y_test[nonmembers]])
-    is_member = np.r_[np.ones(120, bool), np.zeros(120, bool)]
+    is_member = np.r_[np.ones(64, bool), np.zeros(64, bool)]
     cfg = ClassifierConfig(
-        width=16, blocks_per_stage=1, epochs=40, batch_size=32, augment=False, dropout=0.0, weight_decay=0.0, bf16=False
+        width=16, blocks_per_stage=1, epochs=60, batch_size=16, augment=False, dropout=0.0, weight_decay=0.0, bf16=False
     )
 
     overfit = build_classifier(cfg, 1, 2, seed=0)
-    fit(overfit, lambda _e: (data.x_train[members], data.y_train[members]), (data.x_val, data.y_val), cfg, 0, "overfit")
+    fit(overfit, lambda _e: (data.x_train[members], data.y_train[members]), None, cfg, 0, "overfit")
     leaky = attack_metrics(loss_attack(predict_logits(overfit, x), y), is_member)
-    assert leaky["auc"] >= 0.65
+    assert leaky["auc"] >= 0.8
 
-    # trained on other training images: the 120 members are as unseen to it as the non-members
+    # trained on other training images: the 64 members are as unseen to it as the non-members
     others = np.setdiff1d(np.arange(len(data.x_train)), members)[:200]
     unseen = build_classifier(cfg, 1, 2, seed=0)
-    fit(unseen, lambda _e: (data.x_train[others], data.y_train[others]), (data.x_val, data.y_val), cfg, 0, "unseen")
+    fit(unseen, lambda _e: (data.x_train[others], data.y_train[others]), None, cfg, 0, "unseen")
     clean = attack_metrics(loss_attack(predict_logits(unseen, x), y), is_member)
-    assert clean["auc_ci"][0] <= 0.5 <= clean["auc_ci"][1]
+    assert clean["auc_ci"][0] <= 0.5 <= clean["auc_ci"][1], (leaky["auc"], clean["auc"])
 
 
 def test_memorization_flags_copies_and_passes_fresh_samples() -> None:

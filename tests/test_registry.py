@@ -36,7 +36,9 @@ def config(store: dict, run_key: str, tolerance_pp: float = 1.0) -> RunConfig:
 
 def passing_gates(cfg: RunConfig, accuracy: float) -> dict:
     privacy = {
+        "n_nonmembers": 200,
         "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
+        "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.5}},
         "memorization": {"near_copy_fraction": 0.0},
     }
     recalls = {"0": {"n": 10, "recall": accuracy}, "1": {"n": 10, "recall": accuracy}}
@@ -113,5 +115,9 @@ def test_gate_tags_cover_every_check(store: dict) -> None:
     cfg = config(store, "k")
     tags = registry.gate_tags(passing_gates(cfg, 0.8))
     checks = [k for k in tags if k.endswith(".verdict") and k.count(".") == 3]
-    assert len(checks) == 9  # 6 accuracy checks (floor, gap, majority, two class recalls, teacher) + 3 privacy
+    # 6 accuracy checks (floor, gap, majority, two class recalls, teacher) + 5 privacy (attacks, TPR, canaries,
+    # near copies, the audit's power)
+    assert len(checks) == 11
+    assert tags["gate.privacy.verdict"] == "pass"
+    assert tags["gate.privacy.audit_power__teacher_canary_auc.verdict"] == "pass"
     assert all(tags[k.replace(".verdict", ".threshold")] for k in checks)

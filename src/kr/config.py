@@ -239,7 +239,23 @@ class PrivacyConfig(Strict):
     )
     reference_models: int = Field(8, ge=2, description="K models of the teacher's recipe, each on a random half")
     max_candidates: int | None = Field(
-        None, ge=10, description="members (and as many non-members) audited; None: as many as there are held-out"
+        None,
+        ge=10,
+        description="members (and as many non-members) audited; None: as many as the held-out images left after "
+        "the RMIA population",
+    )
+    population: int = Field(
+        64,
+        ge=8,
+        description="held-out images kept out of the candidates and out of every reference model: RMIA's "
+        "population z (Zarifzadeh et al. 2024); at most a third of the held-out images",
+    )
+    max_domain_shift_auc: float = Field(
+        0.6,
+        gt=0.5,
+        le=1,
+        description="a domain classifier telling the training split from a non-member split above this ROC AUC "
+        "raises a warning: members and non-members then differ by source, not by membership",
     )
     reference: ClassifierConfig | None = Field(None, description="None: the teacher's architecture and recipe")
     nonmember_splits: list[Literal["val", "test"]] = Field(
@@ -256,6 +272,35 @@ class PrivacyConfig(Strict):
         lt=0.5,
         description="fraction: a near copy is closer to a training image than this quantile of real held-out "
         "images' distances to training images",
+    )
+
+
+class CanaryConfig(Strict):
+    """Canaries that give the privacy audit measured power (kr.privacy.canaries; Steinke, Nasr and Jagielski 2023):
+    no patient's image, each with a random label; a seeded random half goes into the training set the teacher and
+    the generator learn from."""
+
+    enabled: bool = Field(
+        True,
+        description="insert canaries; off, the audit cannot measure its power and the privacy verdict is "
+        "inconclusive (fail closed)",
+    )
+    count: int = Field(64, ge=4, description="canaries m; a seeded random half (m // 2) is inserted, the rest held out")
+    kind: Literal["noise", "texture"] = Field(
+        "noise", description="noise: uniform random pixels; texture: smooth random blobs (7x7 noise upsampled)"
+    )
+    copies: int | None = Field(
+        None, ge=1, description="copies of each inserted canary in the training set; None: from `exposures`"
+    )
+    exposures: int = Field(
+        240,
+        ge=1,
+        description="with copies None: the fewest copies with which the teacher sees each inserted canary at least "
+        "this many times over its epochs (measured: 240 gives teacher canary AUC >= 0.9 on BreastMNIST and "
+        "PneumoniaMNIST at the laptop/cpu teacher)",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="confidence level of the one-run epsilon lower bound (fraction)"
     )
 
 
@@ -306,6 +351,13 @@ class PrivacyGate(Strict):
     )
     max_near_copy_fraction: float = Field(
         0.05, ge=0, le=1, description="ceiling on the fraction of audited synthetic images that copy a train image"
+    )
+    min_teacher_canary_auc: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="the audit's power floor: below this canary ROC AUC on the teacher (trained on the real data "
+        "and the canaries), the audit could not see memorisation and the verdict is inconclusive (not promoted)",
     )
 
 
@@ -421,6 +473,9 @@ class RunConfig(Strict):
     )
     gkd: GKDConfig = Field(default_factory=GKDConfig, description="regeneration and the distilled student")
     naive: NaiveConfig = Field(default_factory=NaiveConfig, description="the naive-CAS baseline")
+    canaries: CanaryConfig = Field(
+        default_factory=CanaryConfig, description="canaries in teacher and generator training: the audit's power"
+    )
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig, description="membership inference audit and memorisation check"
     )

@@ -150,9 +150,18 @@ class PrivacyResult(StepResult):
     threat_model: str
     n_members: int
     n_nonmembers: int
+    min_measurable_fpr: float = Field(description="1 / non-members: no TPR is claimed at a lower FPR")
+    population: int = Field(description="held-out images in RMIA's population (no model trained on them)")
     reference_models: int
+    domain_shift: dict[str, float] = Field(
+        description="domain classifier ROC AUC, training split vs each non-member split"
+    )
+    warnings: list[str] = Field(default_factory=list, description="what weakens the audit, e.g. a domain shift")
     teacher: dict[str, Any]
     student: dict[str, Any]
+    canaries: dict[str, Any] | None = Field(
+        description="canary detection per model (AUC, TPR at the smallest FPR, one-run epsilon) and in the pool"
+    )
     memorization: dict[str, Any]
     roc_plot: str
 

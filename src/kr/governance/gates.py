@@ -21,7 +21,11 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check(checks: list[dict], name: str, value: Any, op: str, threshold: float) -> None:
+def _check(
+    checks: list[dict], name: str, value: Any, op: str, threshold: float, power: bool = False, missing: str = ""
+) -> None:
+    """Append one check. power: the check measures whether the evidence can see anything (the audit's power), not
+    what it saw; failing it makes a verdict inconclusive rather than failed. missing: why a value may be absent."""
     if not _number(value):
         checks.append(
             {
@@ -30,7 +34,8 @@ def _check(checks: list[dict], name: str, value: Any, op: str, threshold: float)
                 "threshold": threshold,
                 "op": op,
                 "passed": False,
-                "reason": f"{name} is missing: no verdict without a value",
+                "power": power,
+                "reason": f"{name} is missing{': ' + missing if missing else ''}: no verdict without a value",
             }
         )
         return
@@ -42,17 +47,30 @@ def _check(checks: list[dict], name: str, value: Any, op: str, threshold: float)
             "threshold": threshold,
             "op": op,
             "passed": passed,
+            "power": power,
             "reason": f"{name} = {value:.4g} {'meets' if passed else 'violates'} {op} {threshold:g}",
         }
     )
 
 
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
 def _verdict(checks: list[dict]) -> dict:
-    return {
-        "passed": bool(checks) and all(c["passed"] for c in checks),
-        "checks": checks,
-        "reasons": [c["reason"] for c in checks if not c["passed"]],
-    }
+    """{"passed", "state", "checks", "reasons"}. state: fail when an evidence check failed (a leak seen by a weak
+    audit is still a leak) or when there are no checks; inconclusive when only power checks failed (the evidence
+    could not have seen a leak: fail closed, but say so); pass otherwise. passed is state == pass."""
+    failed = [c for c in checks if not c["passed"]]
+    if not checks or any(not c.get("power") for c in failed):
+        state = FAIL
+    elif failed:
+        state = INCONCLUSIVE
+    else:
+        state = PASS
+    reasons = [c["reason"] for c in failed]
+    if state == INCONCLUSIVE:
+        reasons.append("inconclusive: the audit lacks the power to show this model is safe, so it is not promoted")
+    return {"passed": state == PASS, "state": state, "checks": checks, "reasons": reasons}
 
 
 def chance_distance(privacy: dict | None) -> float | None:
@@ -67,18 +85,42 @@ def chance_distance(privacy: dict | None) -> float | None:
     return max(abs(a - 0.5) for a in aucs) if aucs else None
 
 
+def _tpr_missing(privacy: dict | None) -> str:
+    n = _dig(privacy, "n_nonmembers")
+    return f"1% FPR cannot be measured with {n} non-members (privacy.max_candidates)" if _number(n) else ""
+
+
 def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
-    """Every attack on the student judged by its ROC AUC's distance from chance (|AUC - 0.5| <= max_auc - 0.5), the
-    strongest attack's TPR at 1% FPR, and the generator's near-copy fraction, against the configured ceilings.
-    `privacy` is the privacy audit's result (kr.privacy.audit); None fails every check."""
+    """The privacy verdict: pass, fail or inconclusive (`_verdict`).
+
+    Evidence: every attack on the student judged by its ROC AUC's distance from chance (|AUC - 0.5| <= max_auc -
+    0.5), the strongest TPR at 1% FPR, the student's canary AUC by the same distance, and the generator's near-copy
+    fraction. Power: the teacher, trained on the real data and the inserted canaries, must tell inserted from
+    held-out canaries with AUC >= min_teacher_canary_auc, and 1% FPR must be measurable (>= 100 non-members); a
+    run without canaries has no measured power. `privacy` is the audit's result (kr.privacy.audit); None fails.
+    """
     checks: list[dict] = []
     _check(checks, "student attack AUC distance from chance", chance_distance(privacy), "<=", cfg.max_auc - 0.5)
+    tpr = _dig(privacy, "student.strongest.tpr_at_1pct_fpr")
+    unmeasurable = privacy is not None and tpr is None and _number(_dig(privacy, "n_nonmembers"))
     _check(
         checks,
         "student TPR at 1% FPR",
-        _dig(privacy, "student.strongest.tpr_at_1pct_fpr"),
+        tpr,
         "<=",
         cfg.max_tpr_at_1pct_fpr,
+        power=unmeasurable,
+        missing=_tpr_missing(privacy) if unmeasurable else "",
+    )
+    student_canary = _dig(privacy, "canaries.student.auc")
+    _check(
+        checks,
+        "student canary AUC distance from chance",
+        abs(student_canary - 0.5) if _number(student_canary) else None,
+        "<=",
+        cfg.max_auc - 0.5,
+        power=privacy is not None and privacy.get("canaries") is None,
+        missing="no canaries were inserted (canaries.enabled)",
     )
     _check(
         checks,
@@ -86,6 +128,15 @@ def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
         _dig(privacy, "memorization.near_copy_fraction"),
         "<=",
         cfg.max_near_copy_fraction,
+    )
+    _check(
+        checks,
+        "audit power: teacher canary AUC",
+        _dig(privacy, "canaries.teacher.auc"),
+        ">=",
+        cfg.min_teacher_canary_auc,
+        power=privacy is not None,
+        missing="no canaries were inserted (canaries.enabled), so the audit's power is unknown",
     )
     return _verdict(checks)
 
@@ -129,14 +180,20 @@ def evaluate_gates(
     privacy: dict[str, Any] | None,
     student_recalls: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Every gate's verdict and the overall one: {"data", "accuracy", "privacy": verdict, "passed": bool}.
+    """Every gate's verdict and the overall one: {"data", "accuracy", "privacy": verdict, "passed": bool}; the
+    privacy verdict's "state" is pass, fail or inconclusive (only pass promotes).
 
     dataset: the validated file's info (its MD5 proves the data gate: reaching here passed the loader's checks and
     the expectation suites). privacy: the privacy audit's result as a dict, None when it did not run (fails).
     """
     dataset = dataset or {}
     gates = {
-        "data": {"passed": "md5" in dataset, "md5": dataset.get("md5"), "source": dataset.get("source")},
+        "data": {
+            "passed": "md5" in dataset,
+            "state": PASS if "md5" in dataset else FAIL,
+            "md5": dataset.get("md5"),
+            "source": dataset.get("source"),
+        },
         "accuracy": accuracy_gate(
             student_accuracy, teacher_accuracy, majority_rate, cfg.gates.accuracy, recalls=student_recalls
         ),

@@ -23,6 +23,22 @@ from kr.serialization import write_json
 TRAIL_RECORD_COPY = "audit_record.json"
 
 
+def privacy_evidence(results: RunResults, gates: dict | None) -> dict:
+    """What a reviewer checks first: the privacy verdict (pass, fail, inconclusive), the audit's power (teacher
+    canary AUC), the student's canary AUC and one-run epsilon lower bound, and its strongest real-data attack AUC."""
+    audit = results.privacy
+    canaries = (audit.canaries or {}) if audit else {}
+    return {
+        "verdict": ((gates or {}).get("privacy") or {}).get("state", "not evaluated"),
+        "teacher_canary_auc": (canaries.get("teacher") or {}).get("auc"),
+        "student_canary_auc": (canaries.get("student") or {}).get("auc"),
+        "student_epsilon_lower_bound": ((canaries.get("student") or {}).get("epsilon_lower_bound") or {}).get(
+            "epsilon"
+        ),
+        "student_strongest_attack_auc": audit.student["strongest"]["auc"] if audit else None,
+    }
+
+
 def trail_body(
     cfg: RunConfig,
     run_dir: Path,
@@ -58,6 +74,7 @@ def trail_body(
             "registry": registry_block,
             "student_test_accuracy": student.test.accuracy if student else None,
             "teacher_test_accuracy": teacher.test.accuracy if teacher else None,
+            "privacy": privacy_evidence(results, gates),
         },
         "gates": gates,
         "mlflow": {"tracking_uri": cfg.tracking.uri, "parent_run_id": tracking.parent_run_id(run_dir)},

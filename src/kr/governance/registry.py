@@ -134,12 +134,13 @@ def _wait_ready(cfg: RunConfig, version: str, timeout_s: float = 120) -> None:
 
 
 def gate_tags(gates: dict) -> dict[str, str]:
-    """Every check of every gate as tags on the version: gate.<gate>.<check>.{value,threshold,verdict}."""
+    """Every check of every gate as tags on the version: gate.<gate>.<check>.{value,threshold,verdict}, and each
+    gate's gate.<gate>.verdict: its state (pass, fail, or for privacy inconclusive)."""
     tags: dict[str, str] = {"gate.passed": str(bool(gates.get("passed"))).lower()}
     for gate, verdict in gates.items():
         if not isinstance(verdict, dict):
             continue
-        tags[f"gate.{gate}.verdict"] = "pass" if verdict.get("passed") else "fail"
+        tags[f"gate.{gate}.verdict"] = verdict.get("state") or ("pass" if verdict.get("passed") else "fail")
         for check in verdict.get("checks", []):
             key = f"gate.{gate}.{_slug(check['check'])}"
             tags[f"{key}.value"] = "missing" if check["value"] is None else f"{check['value']:.6g}"

@@ -48,12 +48,16 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
 
 
 def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict:
-    """ROC AUC (with interval), balanced accuracy at the best threshold, TPR at 1% and 0.1% FPR (Clopper-Pearson).
+    """ROC AUC (with interval), balanced accuracy at the best threshold, and TPR at 1% and 0.1% FPR with
+    Clopper-Pearson intervals, each only where it can be measured.
 
-    scores: float (N,), higher meaning "member"; is_member: bool (N,). Returns {"auc", "auc_ci", "balanced_accuracy",
-    "n_members", "n_nonmembers", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "tpr_at_01pct_fpr",
-    "tpr_at_01pct_fpr_ci"}, rates and AUC as fractions in [0, 1], intervals as [lo, hi] at 95%.
-    Raises ValueError when a score is NaN or infinite, or when members or non-members are missing.
+    With n non-members the smallest FPR above zero is 1/n ("min_measurable_fpr"): a TPR at a lower FPR would be
+    read off the curve's first step, so it is None (with interval None), never a number. scores: float (N,),
+    higher meaning "member"; is_member: bool (N,). Returns {"auc", "auc_ci", "balanced_accuracy", "n_members",
+    "n_nonmembers", "min_measurable_fpr", "tpr_at_min_fpr", "tpr_at_min_fpr_ci", "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_ci", "tpr_at_01pct_fpr", "tpr_at_01pct_fpr_ci"}, rates and AUC as fractions in [0, 1],
+    intervals as [lo, hi] at 95%. Raises ValueError when a score is NaN or infinite, or when members or non-members
+    are missing.
     """
     scores = np.asarray(scores, np.float64)
     is_member = np.asarray(is_member, bool)
@@ -64,17 +68,20 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict:
         raise ValueError("an attack needs both members and non-members")
     fpr, tpr, _ = roc_curve(is_member, scores)
     auc = float(roc_auc_score(is_member, scores))
+    min_fpr = 1.0 / n_neg
     out = {
         "auc": auc,
         "auc_ci": list(auc_interval(auc, n_pos, n_neg)),
         "balanced_accuracy": float(np.max((tpr + 1 - fpr) / 2)),
         "n_members": n_pos,
         "n_nonmembers": n_neg,
+        "min_measurable_fpr": min_fpr,
     }
-    for key, level in (("tpr_at_1pct_fpr", 0.01), ("tpr_at_01pct_fpr", 0.001)):
-        value = tpr_at_fpr(fpr, tpr, level)
+    for key, level in (("tpr_at_min_fpr", min_fpr), ("tpr_at_1pct_fpr", 0.01), ("tpr_at_01pct_fpr", 0.001)):
+        measurable = level >= min_fpr - 1e-12
+        value = tpr_at_fpr(fpr, tpr, level) if measurable else None
         out[key] = value
-        out[f"{key}_ci"] = list(clopper_pearson(round(value * n_pos), n_pos))
+        out[f"{key}_ci"] = list(clopper_pearson(round(value * n_pos), n_pos)) if value is not None else None
     return out
 
 
@@ -197,28 +204,28 @@ def rmia(
     target_logits: np.ndarray,
     labels: np.ndarray,
     ref_logits: np.ndarray,
-    ref_in: np.ndarray,
+    population: tuple[np.ndarray, np.ndarray, np.ndarray],
     gamma: float = 1.0,
-    n_population: int = 2000,
-    seed: int = 0,
 ) -> np.ndarray:
     """RMIA (Zarifzadeh et al., "Low-Cost High-Power Membership Inference Attacks", ICML 2024): how often x's
-    likelihood ratio p(x|target)/p(x) beats that of population samples z by more than gamma. p(x) averages the
-    reference models (half IN, half OUT for each x).
+    likelihood ratio p(x|target)/p(x) beats that of population samples z by more than gamma.
 
-    p is the true-class probability. The population is min(n_population, N) of the candidates themselves, drawn
-    with `seed`. target_logits: float (N, K); labels: int (N,); ref_logits: float (R, N, K); ref_in: bool (R, N),
-    not read (kept for the common attack signature). Returns float64 (N,): the fraction in [0, 1] plus a 1e-9 *
+    p is the true-class probability; p(x) averages the reference models (half trained with x, half without), p(z)
+    too, and no reference model trained on any z, as the paper requires. target_logits: float (N, K); labels: int
+    (N,); ref_logits: float (R, N, K); population: (target logits float (Z, K), labels int (Z,), reference logits
+    float (R, Z, K)) of the population images, Z >= 1. Returns float64 (N,): the fraction in [0, 1] plus a 1e-9 *
     ratio tie-breaker.
     """
-    p_target = true_class_prob(target_logits, labels)
-    p_ref = np.stack([true_class_prob(r, labels) for r in ref_logits]).mean(0)
-    ratio = p_target / np.maximum(p_ref, 1e-12)
-    rng = np.random.default_rng(seed)
-    z = rng.choice(len(ratio), size=min(n_population, len(ratio)), replace=False)
-    ratio_z = np.sort(ratio[z])
+    pop_target, pop_labels, pop_ref = population
+
+    def ratio(target: np.ndarray, refs: np.ndarray, y: np.ndarray) -> np.ndarray:
+        p_ref = np.stack([true_class_prob(r, y) for r in refs]).mean(0)
+        return true_class_prob(target, y) / np.maximum(p_ref, 1e-12)
+
+    ratio_x = ratio(target_logits, ref_logits, labels)
+    ratio_z = np.sort(ratio(pop_target, pop_ref, pop_labels))
     # fraction of population z with ratio_x / ratio_z > gamma, i.e. ratio_z < ratio_x / gamma
-    return np.searchsorted(ratio_z, ratio / gamma, side="left") / len(ratio_z) + 1e-9 * ratio
+    return np.searchsorted(ratio_z, ratio_x / gamma, side="left") / len(ratio_z) + 1e-9 * ratio_x
 
 
 def half_splits(n: int, k: int, seed: int) -> np.ndarray:

@@ -36,6 +36,7 @@ FLOORS = frozenset(
         "accuracy.min_above_majority_pp",
         "accuracy.min_class_recall",
         "accuracy.teacher_min_above_majority_pp",
+        "privacy.min_teacher_canary_auc",
     }
 )
 

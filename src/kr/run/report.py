@@ -13,25 +13,71 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
-def _privacy_lines(privacy: dict | None) -> list[str]:
-    if not privacy:
-        return ["## Privacy", "", "The privacy audit was not run (privacy.enabled = false).", ""]
+def _canary_lines(canaries: dict | None) -> list[str]:
+    if not canaries:
+        return [
+            "Canaries: none were inserted (canaries.enabled = false), so the audit's power is unknown and the privacy "
+            "verdict cannot pass.",
+            "",
+        ]
     lines = [
-        "## Privacy (membership inference)",
+        "### Canaries: the audit's power (one-run audit, Steinke, Nasr and Jagielski 2023)",
         "",
+        f"{canaries['count']} {canaries.get('kind', '')} canaries (no patient's image, random labels); "
+        f"{canaries['inserted']} inserted {canaries['copies']} times each into the training set of the teacher and "
+        "the generator, the rest held out. The teacher, trained on them, shows what the audit can see.",
+        "",
+        "| model | canary AUC (95% CI) | TPR @ smallest FPR (FPR) | epsilon lower bound (confidence) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model in ("teacher", "student"):
+        c = canaries.get(model)
+        if not c:
+            continue
+        lo, hi = c["auc_ci"]
+        eps = c["epsilon_lower_bound"]
+        lines.append(
+            f"| {model} | {c['auc']:.3f} ({lo:.3f}-{hi:.3f}) | {_pct(c['tpr_at_min_fpr'])} "
+            f"({_pct(c['min_measurable_fpr'])}) | {eps['epsilon']:.2f} ({_pct(eps['confidence'])}, "
+            f"{eps['correct']}/{eps['guesses']} guesses right) |"
+        )
+    pool = canaries.get("pool")
+    if pool:
+        lines += [
+            "",
+            f"Regenerated pool ({pool['n_pool']} images): inserted canaries closer to a pool image than held-out "
+            f"ones with AUC {pool['auc']:.3f} (0.5: no trace); {pool['near_copies_inserted']} inserted canaries "
+            "closer than every held-out one.",
+        ]
+    return [*lines, ""]
+
+
+def _privacy_lines(privacy: dict | None, verdict: dict | None = None) -> list[str]:
+    if not privacy:
+        return ["## Privacy", "", "No privacy audit result: the privacy gate fails closed.", ""]
+    lines = ["## Privacy (membership inference)", ""]
+    if verdict:
+        lines += [f"Verdict: **{verdict.get('state', 'pass' if verdict.get('passed') else 'fail')}**", ""]
+        lines += [f"- {r}" for r in verdict.get("reasons", [])] + ([""] if verdict.get("reasons") else [])
+    lines += [f"**Warning:** {w}" for w in privacy.get("warnings", [])] + ([""] if privacy.get("warnings") else [])
+    lines += [
         f"{privacy['n_members']} members (real training images) against {privacy['n_nonmembers']} non-members "
-        f"(real held-out images); {privacy['reference_models']} reference models. Threat model: "
+        f"(real held-out images; the smallest measurable FPR is {_pct(privacy.get('min_measurable_fpr'))}, no TPR "
+        f"is claimed below it); {privacy['reference_models']} reference models; RMIA's population "
+        f"{privacy.get('population', 'n/a')} held-out images no model trained on. Threat model: "
         f"{privacy['threat_model']}.",
         "",
-        "| model | attack | AUC (95% CI) | balanced acc. | TPR @ 1% FPR | TPR @ 0.1% FPR |",
+        "| model | attack | AUC (95% CI) | balanced acc. | TPR @ 1% FPR (95% CI) | TPR @ 0.1% FPR |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for model in ("teacher", "student"):
         for name, a in privacy[model]["attacks"].items():
             lo, hi = a["auc_ci"]
+            ci = a.get("tpr_at_1pct_fpr_ci")
+            tpr = _pct(a["tpr_at_1pct_fpr"]) + (f" ({_pct(ci[0])}-{_pct(ci[1])})" if ci else "")
             lines.append(
                 f"| {model} | {name} | {a['auc']:.3f} ({lo:.3f}-{hi:.3f}) | {a['balanced_accuracy']:.3f} | "
-                f"{_pct(a['tpr_at_1pct_fpr'])} | {_pct(a['tpr_at_01pct_fpr'])} |"
+                f"{tpr} | {_pct(a['tpr_at_01pct_fpr'])} |"
             )
     m = privacy["memorization"]
     lines += [
@@ -39,8 +85,9 @@ def _privacy_lines(privacy: dict | None) -> list[str]:
         f"Strongest attack: teacher {privacy['teacher']['strongest']['attack']} "
         f"(AUC {privacy['teacher']['strongest']['auc']:.3f}), student {privacy['student']['strongest']['attack']} "
         f"(AUC {privacy['student']['strongest']['auc']:.3f}). AOP: teacher {privacy['teacher']['aop']:.3f}, "
-        f"student {privacy['student']['aop']:.3f}.",
+        f"student {privacy['student']['aop']:.3f}. n/a: not measurable with these non-members.",
         "",
+        *_canary_lines(privacy.get("canaries")),
         f"Generator memorisation: {_pct(m['near_copy_fraction'])} near copies; median distance ratio "
         f"(closest train / closest held-out) {m['dcr_ratio_median']:.3f}.",
         "",
@@ -56,7 +103,12 @@ def _gate_lines(gates: dict | None) -> list[str]:
     lines = [
         "## Gates",
         "",
-        f"Overall: **{'PASSED' if gates['passed'] else 'FAILED'}**",
+        f"Overall: **{'PASSED' if gates['passed'] else 'FAILED'}**"
+        + (
+            f" (privacy verdict: {gates['privacy'].get('state', 'n/a')})"
+            if isinstance(gates.get("privacy"), dict)
+            else ""
+        ),
         "",
         "| gate | check | value | threshold | verdict |",
         "| --- | --- | --- | --- | --- |",
@@ -194,7 +246,11 @@ def write_report(summary: dict, path: Path) -> Path:
     lines = [
         *_header(summary),
         *_model_lines(summary),
-        *(_privacy_lines(summary["privacy"]) if summary.get("privacy") else []),
+        *(
+            _privacy_lines(summary["privacy"], (summary.get("gates") or {}).get("privacy"))
+            if summary.get("privacy")
+            else []
+        ),
         *_gate_lines(summary.get("gates")),
         *_registry_lines(summary),
         "## Time per step",

@@ -45,15 +45,15 @@ class StepSpec:
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("resolve_config", cache=False, sections=None, run_volume=True, resolves_request=True),
     StepSpec("validate_data", sections=("data", "validation")),
-    StepSpec("train_teacher", sections=("teacher",)),
-    StepSpec("train_generator", gpu=True, sections=("generator",), run_volume=True),
+    StepSpec("train_teacher", sections=("teacher", "canaries")),
+    StepSpec("train_generator", gpu=True, sections=("generator", "canaries", "teacher"), run_volume=True),
     StepSpec("select_generator", gpu=True, sections=("selection", "sampler", "validation")),
     StepSpec("plan_shards", sections=("gkd", "sampler", "validation")),
     StepSpec("regenerate", gpu=True, sections=("gkd", "sampler", "validation")),
     StepSpec("train_student", gpu=True, sections=("gkd",)),
     StepSpec("train_naive", gpu=True, sections=("gkd", "naive")),
     # evidence and decisions are always computed afresh: a gate never passes on an earlier run's verdict
-    StepSpec("audit_privacy", gpu=True, cache=False, sections=("privacy", "teacher")),
+    StepSpec("audit_privacy", gpu=True, cache=False, sections=("privacy", "teacher", "canaries")),
     StepSpec("evaluate_gates", cache=False, sections=None, run_volume=True),
     StepSpec("promote", cache=False, sections=None, run_volume=True),
     StepSpec("record_rejection", cache=False, sections=None, run_volume=True),

@@ -140,6 +140,14 @@ def log_dataset(cfg: RunConfig, parent: str, data) -> None:
         mlflow.log_input(dataset, context="training")
 
 
+def _canary_headline(summary: dict, model: str) -> dict[str, float | None]:
+    """A model's canary AUC and one-run epsilon lower bound from the summary ({} without canaries)."""
+    found = ((summary.get("privacy") or {}).get("canaries") or {}).get(model)
+    if not found:
+        return {}
+    return {"auc": found["auc"], "epsilon_lower_bound": found["epsilon_lower_bound"]["epsilon"]}
+
+
 def _numeric_leaves(result: dict) -> dict[str, float]:
     out = {}
     for key, value in flatten(result).items():
@@ -236,6 +244,11 @@ def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Itera
         "teacher_strongest_mia_auc": ((summary.get("privacy") or {}).get("teacher") or {})
         .get("strongest", {})
         .get("auc"),
+        **{
+            f"{model}_canary_{key}": value
+            for model in ("teacher", "student")
+            for key, value in _canary_headline(summary, model).items()
+        },
         **{f"generator_{k}": v for k, v in fidelity.items() if k != "per_class"},
         "pool_teacher_agreement": pool.get("teacher_agreement"),
         "pool_broken_fraction": pool.get("broken_fraction"),
@@ -248,5 +261,7 @@ def finish_parent(cfg: RunConfig, run_dir: Path, summary: dict, artifacts: Itera
             c.log_artifact(parent, str(path))
     c.set_tag(parent, "kr.status", summary.get("status", "unknown"))
     c.set_tag(parent, "kr.gates_passed", str(bool((summary.get("gates") or {}).get("passed"))).lower())
+    privacy_verdict = (summary.get("gates") or {}).get("privacy") or {}
+    c.set_tag(parent, "kr.privacy_verdict", privacy_verdict.get("state", "not evaluated"))
     c.set_terminated(parent, status="FINISHED" if summary.get("status") == "succeeded" else "FAILED")
     return parent

@@ -49,7 +49,15 @@ def audit_privacy(
         accuracy = {"teacher": teacher.test.accuracy, "student": student.test.accuracy}
         data = load_saved_dataset(data_dir)
         found = run_audit(
-            data, models, accuracy, shard_files(shard_dirs), cfg.privacy, cfg.teacher, privacy_dir, cfg.seed
+            data,
+            models,
+            accuracy,
+            shard_files(shard_dirs),
+            cfg.privacy,
+            cfg.teacher,
+            cfg.canaries,
+            privacy_dir,
+            cfg.seed,
         )
         return PrivacyResult(**found)
 

@@ -76,22 +76,28 @@ def validate_data(config: str, data_dir: Path, docs_dir: Path) -> DataResult:
 
 
 def train_teacher(config: str, data_dir: Path, teacher_dir: Path) -> TeacherResult:
-    """Train the teacher on the real training split; weights in `teacher_dir`/teacher.pt."""
+    """Train the teacher on the real training split and the inserted canaries; weights in `teacher_dir`/teacher.pt."""
     from kr.method import teacher
+    from kr.privacy.canaries import run_canaries, with_canaries
 
     cfg = load_step_config(config)
 
     def step() -> TeacherResult:
-        return TeacherResult(**teacher.train_teacher(load_saved_dataset(data_dir), cfg.teacher, teacher_dir, cfg.seed))
+        data = load_saved_dataset(data_dir)
+        learned = with_canaries(data, run_canaries(data, cfg.canaries, cfg.teacher, cfg.seed))
+        return TeacherResult(**teacher.train_teacher(learned, cfg.teacher, teacher_dir, cfg.seed))
 
     # the teacher learned real images: its weights stay out of MLflow unless the config asks for them
     return run_step(cfg, "train_teacher", step, lambda r: [Path(r.path)] if cfg.tracking.log_teacher_weights else [])
 
 
-def generator_workspace(cfg: RunConfig, data_md5: str, root: Path) -> Path:
-    """The generator's resumable work folder: one per (generator config, seed, data file), so a retried or repeated
-    task resumes from its own checkpoints and never from those of another recipe."""
-    key = json.dumps({"generator": cfg.generator.model_dump(mode="json"), "seed": cfg.seed, "data": data_md5})
+def generator_workspace(cfg: RunConfig, data_md5: str, root: Path, canary_copies: int = 0) -> Path:
+    """The generator's resumable work folder: one per (generator config, seed, data file, canaries), so a retried or
+    repeated task resumes from its own checkpoints and never from those of another recipe or training set."""
+    canaries = cfg.canaries.model_dump(mode="json") | {"copies": canary_copies} if cfg.canaries.enabled else None
+    key = json.dumps(
+        {"generator": cfg.generator.model_dump(mode="json"), "seed": cfg.seed, "data": data_md5, "canaries": canaries}
+    )
     return Path(root) / f"generator-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -99,13 +105,18 @@ def train_generator(config: str, data_dir: Path, generator_dir: Path, checkpoint
     """Train (or resume) the diffusion generator in its work folder under `checkpoints` (a volume that outlives a
     task), then copy the checkpoints without optimiser state to the `generator_dir` artifact."""
     from kr.method import generator as gen
+    from kr.privacy.canaries import run_canaries, with_canaries
 
     cfg = load_step_config(config)
 
     def step() -> GeneratorResult:
         data = load_saved_dataset(data_dir)
-        work = generator_workspace(cfg, data.info.md5, checkpoints)
-        result = gen.train_generator(data.x_train, data.y_train, data.info.n_classes, cfg.generator, work, cfg.seed)
+        canaries = run_canaries(data, cfg.canaries, cfg.teacher, cfg.seed)
+        work = generator_workspace(cfg, data.info.md5, checkpoints, canaries.copies if canaries else 0)
+        learned = with_canaries(data, canaries)
+        result = gen.train_generator(
+            learned.x_train, learned.y_train, data.info.n_classes, cfg.generator, work, cfg.seed
+        )
         if Path(generator_dir).resolve() != work.resolve():
             shutil.copytree(work, generator_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.pt"))
         return GeneratorResult(**result, workspace=str(work))
