@@ -10,9 +10,10 @@ def validate_data(
     data_docs_site: Output[Artifact],
     result: Output[Artifact],
 ) -> None:
-    """Inputs: `config` (data and validation sections). Outputs: `data` (the validated splits, arrays.npz and
-    info.json), `data_docs` (the Data Docs index page) and `data_docs_site` (the whole site), `result`
-    (kr.results.DataResult, JSON). A failed expectation fails the task; the Data Docs are written either way."""
+    """Inputs: `config` (data and validation sections). Outputs: `data` (a reference to the validated file:
+    info.json with its path and MD5, never the images, which stay out of the artifact store), `data_docs` (the Data
+    Docs index page) and `data_docs_site` (the whole site), `result` (kr.results.DataResult, JSON). A failed
+    expectation fails the task; the Data Docs are written either way."""
     import shutil
     from pathlib import Path
 

@@ -44,7 +44,7 @@ def configure(task: dsl.PipelineTask, step: str, cluster: ClusterSettings) -> ds
             task, config_map_name=cluster.gate_policy_config_map, mount_path=cluster.gate_policy_mount
         )
         task.set_env_variable(POLICY_ENV, f"{cluster.gate_policy_mount}/gates.yaml")
-    if spec.run_volume:
+    if spec.run_volume or spec.reads_data:  # the data file lies on the runs volume (<runs>/data)
         kubernetes.mount_pvc(task, pvc_name=cluster.runs_pvc, mount_path=cluster.runs_mount)
     task.set_caching_options(spec.cache)
     if spec.retries and cluster.retries:

@@ -74,7 +74,7 @@ def test_augmented_views_hold_the_image_itself() -> None:
 
 
 def test_the_pool_check_finds_reproduced_canaries() -> None:
-    canaries = make_canaries(CanaryConfig(count=32, copies=1), 1, 28, 2, 100, TEACHER, seed=0)
+    canaries = make_canaries(CanaryConfig(count=32, copies=1, kind="noise"), 1, 28, 2, 100, TEACHER, seed=0)
     rng = np.random.default_rng(0)
     unrelated = rng.integers(0, 256, (200, 1, 28, 28), dtype=np.uint8)
     assert pool_copies(canaries, unrelated)["near_copies_inserted"] <= 1
@@ -92,7 +92,7 @@ def test_canaries_catch_a_model_that_learned_them_and_not_one_that_did_not(tmp_p
 
     data = load_dataset("breastmnist", REAL_ROOT)
     cfg = ClassifierConfig(width=16, blocks_per_stage=1, epochs=30, batch_size=64, bf16=False)
-    canaries = make_canaries(CanaryConfig(copies=6), 1, 28, 2, len(data.x_train), cfg, seed=0)
+    canaries = make_canaries(CanaryConfig(copies=6, kind="noise"), 1, 28, 2, len(data.x_train), cfg, seed=0)
     paths = {}
     for name, train in (("with", with_canaries(data, canaries)), ("without", data)):
         model = build_classifier(cfg, 1, 2, seed=0)

@@ -302,3 +302,22 @@ def test_download_failure_is_wrapped(tmp_path, monkeypatch):
     msg = str(exc.value)
     assert "download failed" in msg and "by hand" in msg and "breastmnist.npz" in msg
     assert "network unreachable" in msg and root.is_dir()
+
+
+def test_the_data_artifact_is_a_reference_that_refuses_a_changed_file(tmp_path) -> None:
+    """The validated dataset travels as info.json (path, MD5), never as images; a step that finds the file changed
+    since validation stops with a DataError naming it."""
+    from kr.data import DataError, load_dataset, load_saved_dataset, save_dataset
+
+    path = write_npz(tmp_path / "d.npz", n_train=40, channels=1, n_classes=2)
+    data = load_dataset(str(path))
+    folder = save_dataset(data, tmp_path / "artifact")
+    assert [p.name for p in folder.iterdir()] == ["info.json"]
+    again = load_saved_dataset(folder)
+    assert again.info == data.info and (again.x_train == data.x_train).all()
+    write_npz(path, n_train=40, channels=1, n_classes=2, seed=1)
+    with pytest.raises(DataError, match="changed after validation"):
+        load_saved_dataset(folder)
+    path.unlink()
+    with pytest.raises(DataError, match="gone"):
+        load_saved_dataset(folder)

@@ -246,7 +246,7 @@ def test_mlflow_runs_basic_auth_with_probes_and_secret_credentials(rendered, ove
     config_map = one(docs, "ConfigMap", volume["configMap"]["name"], MLFLOW_NS)
     ini = configparser.ConfigParser(interpolation=None)
     ini.read_string(config_map["data"][template.name])
-    assert ini["mlflow"]["default_permission"] == "READ"
+    assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"  # access is granted per model and experiment
     assert ini["mlflow"]["database_uri"] == "", "the auth database URI (with its password) belongs in the Secret"
     assert "admin_password" not in ini["mlflow"]
     assert ini["mlflow"]["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
@@ -399,7 +399,7 @@ def test_mlflow_entry_point_renders_an_auth_config_mlflow_reads(tmp_path, monkey
 
     config = auth_config.read_auth_config()
     assert config.database_uri == uri
-    assert config.default_permission == "READ"
+    assert config.default_permission == "NO_PERMISSIONS"
     assert config.admin_password == "from-the-secret"
 
     with pytest.raises(SystemExit, match="MLFLOW_AUTH_DATABASE_URI"):

@@ -11,7 +11,10 @@ from kr.config import ConfigError, GatesConfig
 from kr.run.policy import CEILINGS, FLOORS, POLICY_ENV, enforce, load_policy
 from kr.run.request import RunRequest, resolve_request
 
-POLICY = {"accuracy": {"max_gap_pp": 5, "min_class_recall": 0.1}, "privacy": {"max_auc": 0.6}}
+POLICY = {
+    "accuracy": {"max_gap_pp": 5, "min_class_recall": 0.1},
+    "privacy": {"max_auc": 0.6, "min_teacher_canary_auc": 0.9},
+}
 
 
 @pytest.fixture
@@ -42,6 +45,8 @@ def test_a_run_may_tighten_the_policy(policy: Path) -> None:
         ({"privacy": {"max_auc": 1.0}}, "privacy.max_auc"),
         ({"accuracy": {"max_gap_pp": 100}}, "accuracy.max_gap_pp"),
         ({"accuracy": {"min_class_recall": -1}}, "accuracy.min_class_recall"),
+        # an audit without power may not be let through by lowering its floor
+        ({"privacy": {"min_teacher_canary_auc": 0.5}}, "privacy.min_teacher_canary_auc"),
     ],
 )
 def test_a_run_may_not_loosen_the_policy(policy: Path, gates: dict, key: str) -> None:

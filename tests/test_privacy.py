@@ -181,3 +181,18 @@ def test_memorization_flags_copies_and_passes_fresh_samples() -> None:
     assert copied["near_copy_fraction"] > 0.9 and copied["dcr_ratio_median"] < 0.2
     clean = memorization(fresh, train, holdout)
     assert clean["near_copy_fraction"] < 0.05 and 0.9 < clean["dcr_ratio_median"] < 1.1
+
+
+@needs_real
+def test_a_non_member_split_from_another_source_is_named_and_left_out() -> None:
+    """PneumoniaMNIST's test split comes from another source than its training split: a membership attack would
+    read the source. BreastMNIST's splits share one source: both are kept."""
+    from kr.config import PrivacyConfig
+    from kr.data import load_dataset
+    from kr.privacy.audit import nonmember_splits
+
+    splits, shift, notes = nonmember_splits(load_dataset("pneumoniamnist", REAL_ROOT), PrivacyConfig(), seed=0)
+    assert splits == ("val",) and shift["test"] > 0.6
+    assert len(notes) == 1 and "'test'" in notes[0] and "left out" in notes[0]
+    splits, _, notes = nonmember_splits(load_dataset("breastmnist", REAL_ROOT), PrivacyConfig(), seed=0)
+    assert splits == ("val", "test") and notes == []

@@ -201,26 +201,45 @@ def _arrays(path: Path) -> list[np.ndarray]:
     return []
 
 
-@pytest.mark.e2e
-@needs_real
-def test_no_real_image_reaches_the_mlflow_store(embedded) -> None:
-    """Everything the two runs stored in MLflow (runs, logged models, registry), scanned by pixels: no array holds a
-    real image; the real-beside-synthetic figure and the teacher's weights stay in the run folder."""
+def _real_breast_images() -> set[bytes]:
     from kr.data import load_dataset
 
     real = load_dataset("breastmnist", REAL_ROOT)
-    known = {x.tobytes() for x in np.concatenate([real.x_train, real.x_val, real.x_test])}
-    store = Path(embedded["uri"].removeprefix("sqlite:///")).parent
-    files = [p for p in store.rglob("*") if p.is_file() and p.suffix != ".db"]
-    assert any("input_example" in p.name for p in files)  # the scan reaches the registered models
-    assert not [p for p in files if p.name in ("samples.png", "teacher.pt")]
+    return {x.tobytes() for x in np.concatenate([real.x_train, real.x_val, real.x_test])}
+
+
+def _assert_no_real_image(files: list[Path], known: set[bytes]) -> None:
+    """No array in `files` (npy, npz, JSON lists) holds a real image, compared by decoded pixels."""
     for path in files:
         for arr in _arrays(path):
             if arr.size % (28 * 28) or arr.size == 0:
                 continue
             tiles = np.rint(arr).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
             assert not any(t.tobytes() in known for t in tiles), f"{path} holds a real image"
-    assert (embedded["out"] / "samples.png").is_file()  # the run folder keeps it for the people who run it
+
+
+@pytest.mark.e2e
+@needs_real
+def test_no_real_image_reaches_the_mlflow_store(embedded) -> None:
+    """Everything the two runs stored in MLflow (runs, logged models, registry), scanned by pixels: no array holds a
+    real image; the teacher's weights stay in the run folder."""
+    store = Path(embedded["uri"].removeprefix("sqlite:///")).parent
+    files = [p for p in store.rglob("*") if p.is_file() and p.suffix != ".db"]
+    assert any("input_example" in p.name for p in files)  # the scan reaches the registered models
+    assert not [p for p in files if p.name in ("samples.png", "teacher.pt")]
+    _assert_no_real_image(files, _real_breast_images())
+    assert (embedded["out"] / "samples.png").is_file()  # the run folder keeps the synthetic grid
+
+
+@pytest.mark.e2e
+@needs_real
+def test_no_real_image_reaches_the_kfp_artifact_store(embedded) -> None:
+    """The pipeline's artifact store (kfp.local's pipeline root here, object storage on a cluster) is readable by
+    every pipeline user: the data artifact is a reference to the validated file, not its images."""
+    store = embedded["out"] / "kfp"
+    files = [p for p in store.rglob("*") if p.is_file()]
+    assert any(p.name == "shard.npz" for p in files)  # the scan reaches the synthetic shards
+    _assert_no_real_image(files, _real_breast_images())
 
 
 @pytest.mark.e2e

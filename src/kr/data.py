@@ -7,7 +7,7 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import medmnist
@@ -291,28 +291,33 @@ def load_dataset(dataset: str, data_root: str | Path | None = None, download: bo
 
 
 def save_dataset(data: Dataset, folder: str | Path) -> Path:
-    """Write a validated dataset as a pipeline artifact: arrays.npz (channels-first) and info.json; returns the
-    folder (created if needed)."""
+    """Write a validated dataset's reference as a pipeline artifact: info.json (path, MD5, shape), never the images.
+
+    Real patient images do not belong in the pipeline's artifact store, which every pipeline user can read: each
+    step re-reads the file it names (`load_saved_dataset`) and checks it is still the one validated. Returns the
+    folder (created if needed).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "arrays.npz", "wb") as f:
-        np.savez(
-            f,
-            **{
-                f"{kind}_{split}": arr
-                for split in SPLITS
-                for kind, arr in zip(("x", "y"), data.split(split), strict=True)
-            },
-        )
     (folder / "info.json").write_text(json.dumps(data.info.to_dict(), indent=2))
     return folder
 
 
 def load_saved_dataset(folder: str | Path) -> Dataset:
-    """Read what save_dataset wrote (already validated: no checks repeated)."""
+    """The validated dataset a `save_dataset` reference names, read again from its file.
+
+    Raises DataError when the file is gone or its MD5 differs from the validated one (it changed after
+    validation: the run must not train on data nobody checked).
+    """
     folder = Path(folder)
     values = json.loads((folder / "info.json").read_text())
     values["class_names"] = tuple(values["class_names"])
-    with np.load(folder / "arrays.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return Dataset(DatasetInfo(**values), *(arrays[f"{kind}_{split}"] for split in SPLITS for kind in ("x", "y")))
+    info = DatasetInfo(**values)
+    path = Path(info.path)
+    if not path.is_file():
+        raise DataError(f"{path}: the validated data file is gone (validated MD5 {info.md5})")
+    md5 = file_md5(path)
+    if md5 != info.md5:
+        raise DataError(f"{path}: the file changed after validation (MD5 {md5}, validated {info.md5}); run again")
+    loaded = load_dataset(str(path))
+    return replace(loaded, info=info)

@@ -21,8 +21,7 @@ def _tile(images: np.ndarray, n: int) -> np.ndarray:
 
 
 def sample_grid(
-    real_x: np.ndarray,
-    real_y: np.ndarray,
+    real: tuple[np.ndarray, np.ndarray] | None,
     syn_x: np.ndarray,
     syn_y: np.ndarray,
     class_names: list[str],
@@ -30,15 +29,17 @@ def sample_grid(
     per_class: int = 8,
     title: str = "",
 ) -> Path:
-    """One row per class: real training images on the left, synthetic ones on the right.
+    """One row per class: synthetic images, with real training images on their left when `real` is given.
 
-    real_x, syn_x: uint8 (N, C, H, W) with C 1 or 3; real_y, syn_y: int (N,); up to `per_class` images of each
-    class and side. Writes a PNG at `path` (parents created) and returns the path.
+    real: (uint8 images (N, C, H, W), int labels (N,)) or None; syn_x: uint8 (M, C, H, W) with C 1 or 3; syn_y: int
+    (M,); up to `per_class` images of each class and side. Writes a PNG at `path` (parents created), returns it.
     """
     n_classes = len(class_names)
-    fig, axes = plt.subplots(n_classes, 2, figsize=(2 * per_class * 0.45 + 1.5, n_classes * 0.6 + 0.8), squeeze=False)
+    sides = ([(*real, "real")] if real is not None else []) + [(syn_x, syn_y, "synthetic")]
+    width = len(sides) * per_class * 0.45 + 1.5
+    fig, axes = plt.subplots(n_classes, len(sides), figsize=(width, n_classes * 0.6 + 0.8), squeeze=False)
     for c in range(n_classes):
-        for col, (x, y, label) in enumerate(((real_x, real_y, "real"), (syn_x, syn_y, "synthetic"))):
+        for col, (x, y, label) in enumerate(sides):
             ax = axes[c, col]
             ax.imshow(_tile(x[y == c], per_class), cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])

@@ -153,6 +153,7 @@ class PrivacyResult(StepResult):
     min_measurable_fpr: float = Field(description="1 / non-members: no TPR is claimed at a lower FPR")
     population: int = Field(description="held-out images in RMIA's population (no model trained on them)")
     reference_models: int
+    nonmember_splits: list[str] = Field(description="the splits non-members came from (shifted ones left out)")
     domain_shift: dict[str, float] = Field(
         description="domain classifier ROC AUC, training split vs each non-member split"
     )

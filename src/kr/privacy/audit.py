@@ -108,6 +108,29 @@ def domain_shift(data: Dataset, splits: tuple[str, ...], seed: int, max_images: 
     return out
 
 
+def nonmember_splits(
+    data: Dataset, cfg: PrivacyConfig, seed: int
+) -> tuple[tuple[str, ...], dict[str, float], list[str]]:
+    """The configured non-member splits without those a domain classifier tells from the training split (ROC AUC
+    above cfg.max_domain_shift_auc, `domain_shift`), and a warning naming each split left out. When every split
+    differs, all are kept and the warning says the attacks may measure the source instead of membership.
+    Returns (splits kept, {split: domain classifier AUC}, warnings)."""
+    shift = domain_shift(data, tuple(cfg.nonmember_splits), seed)
+    shifted = [s for s in cfg.nonmember_splits if shift[s] > cfg.max_domain_shift_auc]
+    kept = tuple(s for s in cfg.nonmember_splits if s not in shifted) or tuple(cfg.nonmember_splits)
+    notes = [
+        f"non-member split {s!r} differs from the training split (domain classifier AUC {shift[s]:.2f} > "
+        f"{cfg.max_domain_shift_auc}): "
+        + (
+            "left out of the non-members"
+            if s not in kept
+            else "kept, as no other split is configured: attacks may read the source rather than membership"
+        )
+        for s in shifted
+    ]
+    return kept, shift, notes
+
+
 def train_reference_models(
     x: np.ndarray, y: np.ndarray, ref_in: np.ndarray, cfg: ClassifierConfig, channels: int, n_classes: int, seed: int
 ) -> np.ndarray:
@@ -233,16 +256,9 @@ def audit_privacy(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cand = audit_candidates(data, cfg.max_candidates, seed, tuple(cfg.nonmember_splits), cfg.population)
+    splits, shift, notes = nonmember_splits(data, cfg, seed)
+    cand = audit_candidates(data, cfg.max_candidates, seed, splits, cfg.population)
     x, y, is_member = cand.x, cand.y, cand.is_member
-    shift = domain_shift(data, tuple(cfg.nonmember_splits), seed)
-    notes = [
-        f"non-member split {split!r} differs from the training split (domain classifier AUC {auc:.2f} > "
-        f"{cfg.max_domain_shift_auc}): attacks may read the source, not membership; use privacy.nonmember_splits "
-        "without it"
-        for split, auc in shift.items()
-        if auc > cfg.max_domain_shift_auc
-    ]
     for note in notes:
         warnings.warn(note, stacklevel=1)
     ref_in = mia.half_splits(len(x), cfg.reference_models, derive_seed(seed, "reference-splits"))
@@ -260,6 +276,7 @@ def audit_privacy(
         "min_measurable_fpr": 1.0 / int((~is_member).sum()),
         "population": int(len(cand.population_x)),
         "reference_models": cfg.reference_models,
+        "nonmember_splits": list(splits),
         "domain_shift": shift,
         "warnings": notes,
     }
@@ -284,7 +301,8 @@ def audit_privacy(
         result["canaries"] = None
     else:
         result["canaries"] = audit_canaries(found, models, pool["images"], canary_cfg.confidence) | {
-            "kind": canary_cfg.kind
+            "kind": canary_cfg.kind,
+            "generator_copies": canary_cfg.generator_copies,
         }
         for name in models:
             curves[name]["canaries"] = tuple(np.asarray(v) for v in result["canaries"][name].pop("roc"))

@@ -99,13 +99,15 @@ def run_canaries(data: Dataset, cfg: CanaryConfig, teacher: ClassifierConfig, se
     return make_canaries(cfg, info.channels, info.image_size, info.n_classes, info.n_train, teacher, seed)
 
 
-def with_canaries(data: Dataset, canaries: Canaries | None) -> Dataset:
-    """`data` with the inserted canaries appended to the training split (each `copies` times); val and test
-    unchanged, and so is `data.info` (it describes the validated file). `data` itself when canaries is None."""
+def with_canaries(data: Dataset, canaries: Canaries | None, copies: int | None = None) -> Dataset:
+    """`data` with the inserted canaries appended to the training split, each `copies` times (None: the canaries'
+    own count, the teacher's); val and test unchanged, and so is `data.info` (it describes the validated file).
+    `data` itself when canaries is None."""
     if canaries is None:
         return data
-    x = np.repeat(canaries.images[canaries.inserted], canaries.copies, axis=0)
-    y = np.repeat(canaries.labels[canaries.inserted], canaries.copies)
+    copies = canaries.copies if copies is None else copies
+    x = np.repeat(canaries.images[canaries.inserted], copies, axis=0)
+    y = np.repeat(canaries.labels[canaries.inserted], copies)
     return replace(data, x_train=np.concatenate([data.x_train, x]), y_train=np.concatenate([data.y_train, y]))
 
 
@@ -173,10 +175,10 @@ def one_run_epsilon(scores: np.ndarray, inserted: np.ndarray, confidence: float 
     ks = sorted({2**i for i in range(int(math.log2(max(half, 1))) + 1)} | {half}) if half else []
     beta = (1 - confidence) / max(len(ks), 1)
     best = {"epsilon": 0.0, "guesses": 0, "correct": 0}
-    for k in ks:
+    for k in reversed(ks):  # from the most guesses down: with no bound, the record shows all m guesses
         correct = int(inserted[:k].sum() + (~inserted[-k:]).sum())
         eps = epsilon_bound(correct, 2 * k, beta)
-        if eps > best["epsilon"]:
+        if eps > best["epsilon"] or not best["guesses"]:
             best = {"epsilon": eps, "guesses": 2 * k, "correct": correct}
     return best | {"confidence": confidence, "delta": 0.0, "k_tried": ks}
 

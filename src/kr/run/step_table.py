@@ -24,8 +24,9 @@ class StepSpec:
     gpu: requests an accelerator on a cluster. cache: KFP may reuse an earlier execution with the same inputs.
     retries: a failed pod is retried (preemption). sections: the RunConfig sections the step reads, None: all.
     run_volume: mounts the shared runs volume on a cluster: the run folder (summary, report, the MLflow parent's
-    id, failure notes) or the generator's resumable checkpoints. resolves_request: resolves the run request, so it
-    reads the gate policy (a ConfigMap on a cluster).
+    id, failure notes) or the generator's resumable checkpoints. reads_data: re-reads the validated data file (the
+    data artifact is a reference, never the images), so on a cluster it mounts the volume the data lies on.
+    resolves_request: resolves the run request, so it reads the gate policy (a ConfigMap on a cluster).
     """
 
     name: str
@@ -34,6 +35,7 @@ class StepSpec:
     retries: bool = True
     sections: tuple[str, ...] | None = ()
     run_volume: bool = False
+    reads_data: bool = False
     resolves_request: bool = False
 
     @property
@@ -44,16 +46,16 @@ class StepSpec:
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("resolve_config", cache=False, sections=None, run_volume=True, resolves_request=True),
-    StepSpec("validate_data", sections=("data", "validation")),
-    StepSpec("train_teacher", sections=("teacher", "canaries")),
-    StepSpec("train_generator", gpu=True, sections=("generator", "canaries", "teacher"), run_volume=True),
-    StepSpec("select_generator", gpu=True, sections=("selection", "sampler", "validation")),
+    StepSpec("validate_data", reads_data=True, sections=("data", "validation")),
+    StepSpec("train_teacher", reads_data=True, sections=("teacher", "canaries")),
+    StepSpec("train_generator", reads_data=True, gpu=True, sections=("generator", "canaries"), run_volume=True),
+    StepSpec("select_generator", reads_data=True, gpu=True, sections=("selection", "sampler", "validation")),
     StepSpec("plan_shards", sections=("gkd", "sampler", "validation")),
-    StepSpec("regenerate", gpu=True, sections=("gkd", "sampler", "validation")),
-    StepSpec("train_student", gpu=True, sections=("gkd",)),
-    StepSpec("train_naive", gpu=True, sections=("gkd", "naive")),
+    StepSpec("regenerate", reads_data=True, gpu=True, sections=("gkd", "sampler", "validation")),
+    StepSpec("train_student", reads_data=True, gpu=True, sections=("gkd",)),
+    StepSpec("train_naive", reads_data=True, gpu=True, sections=("gkd", "naive")),
     # evidence and decisions are always computed afresh: a gate never passes on an earlier run's verdict
-    StepSpec("audit_privacy", gpu=True, cache=False, sections=("privacy", "teacher", "canaries")),
+    StepSpec("audit_privacy", reads_data=True, gpu=True, cache=False, sections=("privacy", "teacher", "canaries")),
     StepSpec("evaluate_gates", cache=False, sections=None, run_volume=True),
     StepSpec("promote", cache=False, sections=None, run_volume=True),
     StepSpec("record_rejection", cache=False, sections=None, run_volume=True),

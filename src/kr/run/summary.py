@@ -223,14 +223,20 @@ def write_summary(
     summary["total_wall_s"] = round(wall_s, 2)
     summary["audit"] = summary["audit"] or trail
     summary["artifacts"]["report"] = str(folder / "report.md")
-    summary["artifacts"].update(_plots(folder, results, data_dir, list(shard_files), roc_plot))
+    real_beside = cfg.tracking.real_samples_in_report
+    summary["artifacts"].update(_plots(folder, results, data_dir, list(shard_files), roc_plot, real_beside))
     write_json(folder / "summary.json", summary)
     write_report(summary, folder / "report.md")
     return summary
 
 
 def _plots(
-    folder: Path, results: RunResults, data_dir: Path | None, shard_files: list[Path], roc: Path | None
+    folder: Path,
+    results: RunResults,
+    data_dir: Path | None,
+    shard_files: list[Path],
+    roc: Path | None,
+    real_beside: bool = False,
 ) -> dict[str, str]:
     out: dict[str, str] = {}
     if results.selection:
@@ -242,15 +248,17 @@ def _plots(
         dataset = load_saved_dataset(data_dir)
         with np.load(sorted(shard_files, key=str)[0]) as z:
             syn_x, syn_y = z["images"], z["gen_labels"]
+        # real patient images only when asked for, and only in this run folder (never logged)
+        real = (dataset.x_train, dataset.y_train) if real_beside else None
+        sides = "real (left) and regenerated (right)" if real_beside else "regenerated"
         out["samples"] = str(
             plots.sample_grid(
-                dataset.x_train,
-                dataset.y_train,
+                real,
                 syn_x,
                 syn_y,
                 list(dataset.info.class_names),
                 folder / "samples.png",
-                title=f"{dataset.info.name}: real (left) and regenerated (right) images per class",
+                title=f"{dataset.info.name}: {sides} images per class",
             )
         )
     if roc and Path(roc).exists():

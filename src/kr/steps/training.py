@@ -91,10 +91,11 @@ def train_teacher(config: str, data_dir: Path, teacher_dir: Path) -> TeacherResu
     return run_step(cfg, "train_teacher", step, lambda r: [Path(r.path)] if cfg.tracking.log_teacher_weights else [])
 
 
-def generator_workspace(cfg: RunConfig, data_md5: str, root: Path, canary_copies: int = 0) -> Path:
+def generator_workspace(cfg: RunConfig, data_md5: str, root: Path) -> Path:
     """The generator's resumable work folder: one per (generator config, seed, data file, canaries), so a retried or
     repeated task resumes from its own checkpoints and never from those of another recipe or training set."""
-    canaries = cfg.canaries.model_dump(mode="json") | {"copies": canary_copies} if cfg.canaries.enabled else None
+    fields = {"count", "kind", "generator_copies"}
+    canaries = cfg.canaries.model_dump(mode="json", include=fields) if cfg.canaries.enabled else None
     key = json.dumps(
         {"generator": cfg.generator.model_dump(mode="json"), "seed": cfg.seed, "data": data_md5, "canaries": canaries}
     )
@@ -111,9 +112,11 @@ def train_generator(config: str, data_dir: Path, generator_dir: Path, checkpoint
 
     def step() -> GeneratorResult:
         data = load_saved_dataset(data_dir)
+        # the same canaries as the teacher's; only their copies differ (generator_copies), so the teacher's recipe,
+        # which sets its own copies, is not needed here
         canaries = run_canaries(data, cfg.canaries, cfg.teacher, cfg.seed)
-        work = generator_workspace(cfg, data.info.md5, checkpoints, canaries.copies if canaries else 0)
-        learned = with_canaries(data, canaries)
+        work = generator_workspace(cfg, data.info.md5, checkpoints)
+        learned = with_canaries(data, canaries, cfg.canaries.generator_copies)
         result = gen.train_generator(
             learned.x_train, learned.y_train, data.info.n_classes, cfg.generator, work, cfg.seed
         )
