@@ -148,9 +148,10 @@ def test_caching_retries_and_the_runs_volume_follow_the_step_table(compiled) -> 
         assert tasks[name].caching_options.enable_cache is False, name
     k8s = json_format.MessageToDict(platform)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     mounted = {name.removeprefix("exec-") for name, e in k8s.items() if e.get("pvcMount")}
-    # the shared volume only where it is the right tool: run folders and the generator's resumable checkpoints
-    assert mounted == {s.task for s in STEPS if s.run_volume} and "train-generator" in mounted
-    assert "train-teacher" not in mounted and "regenerate" not in mounted
+    # the shared volume only where it is the right tool: run folders, the generator's resumable checkpoints, and
+    # the data file the steps that read it re-read (the data artifact is a reference, never the images)
+    assert mounted == {s.task for s in STEPS if s.run_volume or s.reads_data} and "train-generator" in mounted
+    assert {"train-teacher", "regenerate", "audit-privacy"} <= mounted and "plan-shards" not in mounted
 
 
 def test_a_gkd_change_leaves_the_upstream_cache_keys_alone() -> None:

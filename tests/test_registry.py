@@ -121,3 +121,25 @@ def test_gate_tags_cover_every_check(store: dict) -> None:
     assert tags["gate.privacy.verdict"] == "pass"
     assert tags["gate.privacy.audit_power__teacher_canary_auc.verdict"] == "pass"
     assert all(tags[k.replace(".verdict", ".threshold")] for k in checks)
+
+
+def test_an_inconclusive_audit_blocks_promotion(store: dict) -> None:
+    """A student that looks safe to an audit without power (the teacher did not tell its canaries apart) is
+    registered with the verdict inconclusive and never becomes champion, however accurate it is."""
+    decide(store, "run-1", 0.8)
+    cfg = config(store, "run-2")
+    privacy = {
+        "n_nonmembers": 200,
+        "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
+        "canaries": {"teacher": {"auc": 0.62}, "student": {"auc": 0.5}},
+        "memorization": {"near_copy_fraction": 0.0},
+    }
+    recalls = {"0": {"n": 10, "recall": 0.95}, "1": {"n": 10, "recall": 0.95}}
+    gates = evaluate_gates(cfg, {"md5": "x"}, 0.5, 0.95, 0.95, privacy, recalls)
+    assert not gates["passed"] and gates["privacy"]["state"] == "inconclusive"
+    client = MlflowClient(tracking_uri=store["uri"])
+    run_id = client.create_run(client.get_experiment_by_name("t").experiment_id).info.run_id
+    x = np.zeros((2, 1, 28, 28), np.uint8)
+    result = registry.decide(cfg, run_id, store["student"], x, gates, 0.95, promote=gates["passed"], dataset_md5="x")
+    assert not result["promoted"] and champion(store) == "1"
+    assert client.get_model_version("m", result["version"]).tags["gate.privacy.verdict"] == "inconclusive"

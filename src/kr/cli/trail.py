@@ -30,15 +30,22 @@ def audit_show(
         return
     from rich.table import Table
 
-    table = Table("record", "outcome", "dataset", "model version", "decided at", "hash")
+    table = Table("record", "outcome", "privacy", "dataset", "model version", "decided at", "hash")
     for r in records:
         reg = (r.get("outputs") or {}).get("registry") or {}
         version = f"{reg.get('model_name')} v{reg.get('version')}" if reg else "-"
         if reg.get("alias"):
             version += f" @{reg['alias']}"
         dataset = ((r.get("inputs") or {}).get("dataset") or {}).get("name", "?")
+        privacy = ((r.get("outputs") or {}).get("privacy") or {}).get("verdict", "-")
         table.add_row(
-            r["record_id"], r.get("outcome", "?"), dataset, version, r.get("decided_at", ""), r["record_hash"][:12]
+            r["record_id"],
+            r.get("outcome", "?"),
+            privacy,
+            dataset,
+            version,
+            r.get("decided_at", ""),
+            r["record_hash"][:12],
         )
     console.print(table)
 

@@ -1,9 +1,10 @@
 """Canaries: the audit's measured power, and a one-run lower bound on epsilon.
 
 Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run" (NeurIPS 2023): m canaries, none of them a
-patient's image, each with a random label; a seeded random half is inserted into the training set the teacher and
-the generator learn from, the other half is kept out. After training, a model that memorises its training data
-scores the inserted canaries higher than the held-out ones. How well the teacher (trained on the real data) tells
+patient's image, each with a random label; a seeded random half is inserted into the teacher's training set (and,
+with `generator_copies`, the generator's), the other half is kept out. After training, a model that memorises its
+training data scores the inserted canaries higher than the held-out ones; the student, which never sees a canary,
+shows how much of that memorisation distillation carries over. How well the teacher (trained on the real data) tells
 them apart is the audit's power: an audit that cannot see the real-trained model memorise cannot vouch that the
 student does not. The same scores give an empirical lower bound on the epsilon of any differential-privacy
 guarantee the training could claim (sec. 3, pure DP, delta = 0).

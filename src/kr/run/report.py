@@ -24,9 +24,13 @@ def _canary_lines(canaries: dict | None) -> list[str]:
         "### Canaries: the audit's power (one-run audit, Steinke, Nasr and Jagielski 2023)",
         "",
         f"{canaries['count']} {canaries.get('kind', '')} canaries (no patient's image, random labels); "
-        f"{canaries['inserted']} inserted into the teacher's training set ({canaries['copies']} copies each) and the "
-        f"generator's ({canaries.get('generator_copies', 1)} each), the rest held out. The teacher, trained on "
-        "them, shows what the audit can see.",
+        f"{canaries['inserted']} inserted into the teacher's training set ({canaries['copies']} copies each)"
+        + (
+            f" and the generator's ({canaries['generator_copies']} each)"
+            if canaries.get("generator_copies")
+            else ", not the generator's"
+        )
+        + ", the rest held out. The teacher, trained on them, shows what the audit can see.",
         "",
         "| model | canary AUC (95% CI) | TPR @ smallest FPR (FPR) | epsilon lower bound (confidence) |",
         "| --- | --- | --- | --- |",

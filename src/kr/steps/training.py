@@ -95,7 +95,8 @@ def generator_workspace(cfg: RunConfig, data_md5: str, root: Path) -> Path:
     """The generator's resumable work folder: one per (generator config, seed, data file, canaries), so a retried or
     repeated task resumes from its own checkpoints and never from those of another recipe or training set."""
     fields = {"count", "kind", "generator_copies"}
-    canaries = cfg.canaries.model_dump(mode="json", include=fields) if cfg.canaries.enabled else None
+    seen = cfg.canaries.enabled and cfg.canaries.generator_copies > 0
+    canaries = cfg.canaries.model_dump(mode="json", include=fields) if seen else None
     key = json.dumps(
         {"generator": cfg.generator.model_dump(mode="json"), "seed": cfg.seed, "data": data_md5, "canaries": canaries}
     )
