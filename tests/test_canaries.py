@@ -86,7 +86,8 @@ def test_the_pool_check_finds_reproduced_canaries() -> None:
 @needs_real
 def test_canaries_catch_a_model_that_learned_them_and_not_one_that_did_not(tmp_path) -> None:
     """Positive control: a classifier trained on real BreastMNIST with the inserted canaries tells them from the
-    held-out ones (AUC >= 0.9). Negative control: one trained without them does not (AUC interval holds 0.5)."""
+    held-out ones (AUC >= 0.9, epsilon bound > 0). Negative control: one trained without them shows no membership
+    (epsilon bound 0; with 32 against 32 canaries its AUC scatters by +-0.14 around 0.5, so only a bound decides)."""
     from kr.data import load_dataset
     from kr.method.classifier import build_classifier, fit, save_classifier
 
@@ -100,5 +101,23 @@ def test_canaries_catch_a_model_that_learned_them_and_not_one_that_did_not(tmp_p
         paths[name] = save_classifier(model, tmp_path / f"{name}.pt")
     found = audit_canaries(canaries, paths, pool=None)
     assert found["with"]["auc"] >= 0.9 and found["with"]["epsilon_lower_bound"]["epsilon"] > 0
-    lo, hi = found["without"]["auc_ci"]
-    assert lo <= 0.5 <= hi and found["without"]["epsilon_lower_bound"]["epsilon"] < 1.0
+    assert found["without"]["epsilon_lower_bound"]["epsilon"] == 0.0 and abs(found["without"]["auc"] - 0.5) < 0.2
+
+
+def test_canary_scores_keep_the_order_of_saturated_margins(tmp_path) -> None:
+    """A model that sends every canary to one class with a margin far beyond 30 must still rank them by that
+    margin: clipped or bf16-rounded margins tie, and a tie reads as chance whatever the truth."""
+    import torch
+
+    from kr.privacy.canaries import canary_scores
+
+    canaries = make_canaries(CanaryConfig(count=16, copies=1, kind="noise"), 1, 28, 2, 100, TEACHER, seed=0)
+
+    class Saturated(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # margin 50 plus a small image-dependent part, for class 1 whatever the image
+            level = x.mean(dim=(1, 2, 3))
+            return torch.stack([-25 - level, 25 + level], dim=1)
+
+    scores = canary_scores(Saturated(), canaries)
+    assert len(np.unique(np.round(scores, 9))) > len(scores) // 2  # not all tied

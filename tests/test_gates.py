@@ -12,7 +12,7 @@ from kr.governance.gates import accuracy_gate, privacy_gate
 PRIVACY = {
     "n_nonmembers": 200,
     "student": {"strongest": {"auc": 0.52, "tpr_at_1pct_fpr": 0.02}},
-    "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.505}},
+    "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.505, "epsilon_lower_bound": {"epsilon": 0.0}}},
     "memorization": {"near_copy_fraction": 0.0},
 }
 STUDENT, TEACHER, MAJORITY = 0.83, 0.85, 0.73
@@ -68,7 +68,7 @@ def test_an_audit_without_power_is_inconclusive_and_does_not_pass() -> None:
 def test_a_leak_seen_by_a_weak_audit_is_a_failure() -> None:
     leaky = copy.deepcopy(PRIVACY)
     leaky["canaries"]["teacher"]["auc"] = 0.62
-    leaky["canaries"]["student"]["auc"] = 0.8
+    leaky["canaries"]["student"] = {"auc": 0.8, "epsilon_lower_bound": {"epsilon": 1.2}}
     assert privacy_gate(leaky, PrivacyGate())["state"] == "fail"
 
 

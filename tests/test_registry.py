@@ -38,7 +38,7 @@ def passing_gates(cfg: RunConfig, accuracy: float) -> dict:
     privacy = {
         "n_nonmembers": 200,
         "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
-        "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.5}},
+        "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.5, "epsilon_lower_bound": {"epsilon": 0.0}}},
         "memorization": {"near_copy_fraction": 0.0},
     }
     recalls = {"0": {"n": 10, "recall": accuracy}, "1": {"n": 10, "recall": accuracy}}
@@ -131,7 +131,7 @@ def test_an_inconclusive_audit_blocks_promotion(store: dict) -> None:
     privacy = {
         "n_nonmembers": 200,
         "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
-        "canaries": {"teacher": {"auc": 0.62}, "student": {"auc": 0.5}},
+        "canaries": {"teacher": {"auc": 0.62}, "student": {"auc": 0.5, "epsilon_lower_bound": {"epsilon": 0.0}}},
         "memorization": {"near_copy_fraction": 0.0},
     }
     recalls = {"0": {"n": 10, "recall": 0.95}, "1": {"n": 10, "recall": 0.95}}

@@ -28,6 +28,7 @@ LENIENT = [
     "gates.privacy.max_tpr_at_1pct_fpr=1",
     "gates.privacy.max_near_copy_fraction=1",
     "gates.privacy.min_teacher_canary_auc=0",
+    "gates.privacy.max_student_canary_epsilon=50",
 ]
 IMPOSSIBLE = [*LENIENT, "gates.accuracy.min_student_accuracy=1.0"]
 MODEL = "kr-breastmnist-student-dev"  # smoke runs are not for production: never the served name
@@ -89,7 +90,16 @@ def check_summary(out: Path, n_classes: int) -> dict:
         top = privacy[model]["strongest"]
         assert top["auc"] == max(a["auc"] for a in privacy[model]["attacks"].values())
     assert {"near_copy_fraction", "dcr_ratio_median"} <= privacy["memorization"].keys()
+    # canaries: detection on both models with the one-run epsilon bound; no TPR below the smallest measurable FPR
+    canaries = privacy["canaries"]
+    assert canaries["inserted"] == cfg["canaries"]["count"] // 2
+    for model in ("teacher", "student"):
+        assert 0.0 <= canaries[model]["auc"] <= 1.0 and canaries[model]["epsilon_lower_bound"]["epsilon"] >= 0.0
+    assert privacy["min_measurable_fpr"] == pytest.approx(1 / privacy["n_nonmembers"])
+    if privacy["min_measurable_fpr"] > 0.001:
+        assert all(a["tpr_at_01pct_fpr"] is None for a in privacy["student"]["attacks"].values())
     gates = summary["gates"]
+    assert gates["privacy"]["state"] in ("pass", "fail", "inconclusive")
     assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy", "champion"))
     for name in ("report.md", "samples.png", "selection.png", "audit_record.json", "validation/real/index.html"):
         assert (out / name).is_file(), name
@@ -147,6 +157,10 @@ def test_passing_run_is_tracked_registered_and_promoted(embedded) -> None:
     )
     assert version.tags["kr.audit_record_id"] == s["audit"]["record_id"]
     assert version.tags["kr.audit_record_hash"] == s["audit"]["record_hash"]
+    # the trail tells the same story as the registry, the privacy verdict included
+    record = json.loads(sorted(embedded["trail"].glob("*.json"))[0].read_text())
+    assert record["record_hash"] == s["audit"]["record_hash"]
+    assert record["outputs"]["privacy"]["verdict"] == version.tags["gate.privacy.verdict"] == "pass"
     # the parent run: tags, the resolved config as params, the dataset as input, one nested run per step
     parent = c.get_run(version.run_id).data.tags["mlflow.parentRunId"]
     run = c.get_run(parent)

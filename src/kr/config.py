@@ -365,6 +365,13 @@ class PrivacyGate(Strict):
     max_near_copy_fraction: float = Field(
         0.05, ge=0, le=1, description="ceiling on the fraction of audited synthetic images that copy a train image"
     )
+    max_student_canary_epsilon: float = Field(
+        0.5,
+        ge=0,
+        description="ceiling on the one-run epsilon lower bound (95% confidence) from the student's canaries: above "
+        "it the student shows significant memorisation of canaries it never saw. A bound, not the canary AUC: 32 "
+        "against 32 canaries put a clean student's AUC within 0.5 +- 0.14, too wide for a point threshold",
+    )
     min_teacher_canary_auc: float = Field(
         0.9,
         ge=0,

@@ -94,11 +94,14 @@ def selection_heatmap(grid: list[dict], chosen: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def roc_plot(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> Path:
+def roc_plot(
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, min_fpr: dict[str, float] | None = None
+) -> Path:
     """Log-log ROC of every attack (colour) on every model (line style); the diagonal is a guessing attacker.
 
     curves: {model: {attack: (fpr, tpr)}} as `kr.privacy.mia.roc` returns them; rates below 1e-4 are drawn at
-    1e-4. Writes a PNG at `path` (parents created) and returns the path.
+    1e-4. min_fpr: {what: smallest measurable FPR}, drawn as dotted verticals: left of one, its curves say
+    nothing. Writes a PNG at `path` (parents created) and returns the path.
     """
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
@@ -116,6 +119,8 @@ def roc_plot(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: 
             )
     grid = np.logspace(-4, 0, 50)
     ax.plot(grid, grid, color="grey", linewidth=0.8, label="chance")
+    for (what, fpr), style in zip((min_fpr or {}).items(), [":", (0, (1, 4)), "-."], strict=False):
+        ax.axvline(fpr, color="black", linestyle=style, linewidth=0.9, label=f"smallest measurable FPR: {what}")
     ax.set(
         xscale="log",
         yscale="log",

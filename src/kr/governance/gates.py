@@ -94,10 +94,10 @@ def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
     """The privacy verdict: pass, fail or inconclusive (`_verdict`).
 
     Evidence: every attack on the student judged by its ROC AUC's distance from chance (|AUC - 0.5| <= max_auc -
-    0.5), the strongest TPR at 1% FPR, the student's canary AUC by the same distance, and the generator's near-copy
-    fraction. Power: the teacher, trained on the real data and the inserted canaries, must tell inserted from
-    held-out canaries with AUC >= min_teacher_canary_auc, and 1% FPR must be measurable (>= 100 non-members); a
-    run without canaries has no measured power. `privacy` is the audit's result (kr.privacy.audit); None fails.
+    0.5), the strongest TPR at 1% FPR, the one-run epsilon lower bound from the student's canaries (Steinke et al.
+    2023), and the generator's near-copy fraction. Power: the teacher, trained on the real data and the inserted
+    canaries, must tell inserted from held-out canaries with AUC >= min_teacher_canary_auc, and 1% FPR must be
+    measurable (>= 100 non-members); a run without canaries has no measured power. `privacy` is the audit's result (kr.privacy.audit); None fails.
     """
     checks: list[dict] = []
     _check(checks, "student attack AUC distance from chance", chance_distance(privacy), "<=", cfg.max_auc - 0.5)
@@ -112,13 +112,12 @@ def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
         power=unmeasurable,
         missing=_tpr_missing(privacy) if unmeasurable else "",
     )
-    student_canary = _dig(privacy, "canaries.student.auc")
     _check(
         checks,
-        "student canary AUC distance from chance",
-        abs(student_canary - 0.5) if _number(student_canary) else None,
+        "student canary epsilon lower bound",
+        _dig(privacy, "canaries.student.epsilon_lower_bound.epsilon"),
         "<=",
-        cfg.max_auc - 0.5,
+        cfg.max_student_canary_epsilon,
         power=privacy is not None and privacy.get("canaries") is None,
         missing="no canaries were inserted (canaries.enabled)",
     )

@@ -311,6 +311,9 @@ def audit_privacy(
     result["memorization"] = memorization(
         pool["images"][pick], data.x_train, np.concatenate([data.x_val, data.x_test]), seed, cfg.near_copy_quantile
     )
-    result["roc_plot"] = str(roc_plot(curves, out_dir / "mia_roc.png"))
+    min_fpr = {"real data": result["min_measurable_fpr"]}
+    if result["canaries"]:
+        min_fpr["canaries"] = result["canaries"]["teacher"]["min_measurable_fpr"]
+    result["roc_plot"] = str(roc_plot(curves, out_dir / "mia_roc.png", min_fpr))
     (out_dir / "privacy.json").write_text(json.dumps(result, indent=2))
     return result

@@ -130,11 +130,17 @@ def canary_scores(model: torch.nn.Module, canaries: Canaries) -> np.ndarray:
     """Membership score per canary, higher meaning "inserted": the true-class logit margin averaged over every
     augmented view (querying augmentations strengthens the attack: Carlini et al. 2022, sec. VI-B), minus the median
     of canaries with the same label (a model sends unseen noise to some class; centring per label removes that
-    default so only memorisation moves a canary up). float64 (m,); membership is not read."""
+    default so only memorisation moves a canary up). float64 (m,); membership is not read.
+
+    Logits in float32 and margins unclipped: a model that sends every canary to one class with a margin of 50 would
+    otherwise score them all alike (bf16 steps, a clip at 30), and a tie reads as chance whatever the truth.
+    """
     from kr.method.classifier import predict_logits
 
     views = augmented_views(canaries.images)
-    margins = np.mean([mia.true_class_margin_clip(predict_logits(model, v), canaries.labels) for v in views], axis=0)
+    margins = np.mean(
+        [mia.true_class_logit_margin(predict_logits(model, v, bf16=False), canaries.labels) for v in views], axis=0
+    )
     scores = margins.copy()
     for label in np.unique(canaries.labels):
         same = canaries.labels == label

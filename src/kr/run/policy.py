@@ -26,6 +26,7 @@ CEILINGS = frozenset(
         "privacy.max_auc",
         "privacy.max_tpr_at_1pct_fpr",
         "privacy.max_near_copy_fraction",
+        "privacy.max_student_canary_epsilon",
         "champion.tolerance_pp",
     }
 )
