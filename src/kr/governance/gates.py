@@ -97,7 +97,8 @@ def privacy_gate(privacy: dict | None, cfg: PrivacyGate) -> dict[str, Any]:
     0.5), the strongest TPR at 1% FPR, the one-run epsilon lower bound from the student's canaries (Steinke et al.
     2023), and the generator's near-copy fraction. Power: the teacher, trained on the real data and the inserted
     canaries, must tell inserted from held-out canaries with AUC >= min_teacher_canary_auc, and 1% FPR must be
-    measurable (>= 100 non-members); a run without canaries has no measured power. `privacy` is the audit's result (kr.privacy.audit); None fails.
+    measurable (>= 100 non-members); a run without canaries has no measured power. `privacy` is the audit's result
+    (kr.privacy.audit); None fails.
     """
     checks: list[dict] = []
     _check(checks, "student attack AUC distance from chance", chance_distance(privacy), "<=", cfg.max_auc - 0.5)
