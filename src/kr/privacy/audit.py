@@ -313,7 +313,7 @@ def audit_privacy(
     )
     min_fpr = {"real data": result["min_measurable_fpr"]}
     if result["canaries"]:
-        min_fpr["canaries"] = result["canaries"]["teacher"]["min_measurable_fpr"]
+        min_fpr["canaries"] = 1.0 / (result["canaries"]["count"] - result["canaries"]["inserted"])
     result["roc_plot"] = str(roc_plot(curves, out_dir / "mia_roc.png", min_fpr))
     (out_dir / "privacy.json").write_text(json.dumps(result, indent=2))
     return result
