@@ -141,6 +141,13 @@ def _score(metrics: dict) -> tuple[float, float]:
     return (metrics["accuracy"], -1.0 if auc != auc else auc)  # accuracy first, AUC breaks ties
 
 
+def epochs_run(n_images: int, cfg: ClassifierConfig) -> int:
+    """Epochs `fit` trains on n_images per epoch: cfg.epochs, fewer when cfg.max_steps caps the optimiser steps
+    (max(1, n_images // batch_size) steps per epoch)."""
+    steps_per_epoch = max(1, n_images // cfg.batch_size)
+    return cfg.epochs if cfg.max_steps is None else max(1, min(cfg.epochs, -(-cfg.max_steps // steps_per_epoch)))
+
+
 def fit(
     model: SmallResNet,
     epoch_data: EpochData,
@@ -169,7 +176,7 @@ def fit(
     torch.manual_seed(seed)
     first = epoch_data(0)
     steps_per_epoch = max(1, len(first[0]) // cfg.batch_size)
-    epochs = cfg.epochs if cfg.max_steps is None else max(1, min(cfg.epochs, -(-cfg.max_steps // steps_per_epoch)))
+    epochs = epochs_run(len(first[0]), cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15

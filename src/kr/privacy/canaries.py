@@ -59,20 +59,16 @@ def canary_images(kind: str, count: int, channels: int, size: int, rng: np.rando
     raise ValueError(f"unknown canary kind {kind!r}; expected noise or texture")
 
 
-def teacher_epochs(n_train: int, cfg: ClassifierConfig) -> int:
-    """Epochs `kr.method.classifier.fit` runs on n_train images: cfg.epochs, fewer when cfg.max_steps caps them."""
-    steps = max(1, n_train // cfg.batch_size)
-    return cfg.epochs if cfg.max_steps is None else max(1, min(cfg.epochs, -(-cfg.max_steps // steps)))
-
-
 def copies_for(cfg: CanaryConfig, n_train: int, teacher: ClassifierConfig) -> int:
     """Copies of each inserted canary: cfg.copies, or (auto) the fewest with which the teacher sees every inserted
     canary at least cfg.exposures times (copies x epochs run; a larger set trains fewer epochs under max_steps)."""
+    from kr.method.classifier import epochs_run
+
     if cfg.copies is not None:
         return cfg.copies
     half = cfg.count // 2
     for copies in range(1, cfg.exposures + 1):
-        if copies * teacher_epochs(n_train + half * copies, teacher) >= cfg.exposures:
+        if copies * epochs_run(n_train + half * copies, teacher) >= cfg.exposures:
             return copies
     return cfg.exposures
 
