@@ -94,13 +94,16 @@ def evaluate(data: Dataset, cfg: RunConfig, gen_dir: Path, teacher_path: Path, o
 def trained(data: Dataset, cfg: RunConfig, root: Path) -> tuple[Path, dict]:
     """A generator trained from scratch with this recipe's generator settings, once: recipes that differ only in
     sampling share it (and its training figures)."""
-    key = hashlib.sha256(cfg.generator.model_dump_json().encode() + str(cfg.seed).encode()).hexdigest()[:12]
+    recipe = cfg.generator.model_dump_json(exclude={"resume"}) + str(cfg.seed) + data.info.md5
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     gen_dir, record = root / "generators" / key / "generator", root / "generators" / key / "training.json"
     if record.exists():
         return gen_dir, json.loads(record.read_text())
     shutil.rmtree(gen_dir, ignore_errors=True)  # from scratch: the timing is of a whole training
     gflop = train_step_gflop(cfg, data)
-    result = train_generator(data.x_train, data.y_train, data.info.n_classes, cfg.generator, gen_dir, cfg.seed)
+    result = train_generator(
+        data.x_train, data.y_train, data.info.n_classes, cfg.generator, gen_dir, cfg.seed, data.info.md5
+    )
     steps_per_s = result["steps"] / result["train_s"]
     figures = {
         "train_steps": result["steps"],

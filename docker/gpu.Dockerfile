@@ -2,8 +2,10 @@
 # (`scripts/build-images` builds it as <registry>/kr:<tag> and compiles the pipeline against that reference).
 #
 # Base: the official PyTorch CUDA runtime image for the torch version constraints.txt pins (2.13.0, whose PyPI
-# build targets CUDA 13.0: GPU nodes need an NVIDIA driver >= 580). It is pinned by tag; to pin the digest too:
-#   scripts/build-images --gpu-base pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime@sha256:<digest>
+# build targets CUDA 13.0: GPU nodes need an NVIDIA driver >= 580). It is pinned by tag here; scripts/build-images
+# resolves that tag to its digest and builds from
+#   BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime@sha256:<digest>
+# (recorded in its images lock and in the image's org.opencontainers.image.base.name label; --gpu-base names another).
 # Build context: the repository root (see .dockerignore).
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
 
@@ -32,12 +34,6 @@ RUN grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt \
 
 FROM ${BASE_IMAGE}
 ARG TORCH_VERSION=2.13.0
-ARG KR_VERSION=unknown
-ARG KR_REVISION=unknown
-LABEL org.opencontainers.image.title="kr" \
-      org.opencontainers.image.description="Knowledge Recycling pipeline components (CUDA)" \
-      org.opencontainers.image.version="${KR_VERSION}" \
-      org.opencontainers.image.revision="${KR_REVISION}"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The base image installs gcc for Triton's JIT (torch.compile); kr does not compile kernels, so no compiler stays.
 # Non-root user 10001 in group 0 (so clusters that assign an arbitrary UID in group 0 work too). The KFP v2 launcher
@@ -57,6 +53,20 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLBACKEND=Agg
+# Provenance, set last so that a new commit leaves the layers above cached. scripts/build-images passes the commit
+# (KR_COMMIT, full hash), whether the build inputs differed from it (KR_DIRTY=1) and the digest-pinned base
+# (BASE_IMAGE); kr.run.tracking.code_version() reads KR_COMMIT/KR_DIRTY, as there is no git checkout in the image.
+ARG BASE_IMAGE
+ARG KR_VERSION=unknown
+ARG KR_COMMIT=unknown
+ARG KR_DIRTY=0
+LABEL org.opencontainers.image.title="kr" \
+      org.opencontainers.image.description="Knowledge Recycling pipeline components (CUDA)" \
+      org.opencontainers.image.version="${KR_VERSION}" \
+      org.opencontainers.image.revision="${KR_COMMIT}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+ENV KR_COMMIT="${KR_COMMIT}" \
+    KR_DIRTY="${KR_DIRTY}"
 USER 10001:0
 WORKDIR /home/kr
 RUN python /opt/kr/verify_image.py --root kr --constraints /opt/kr/constraints.txt --torch "${TORCH_VERSION}" --cuda

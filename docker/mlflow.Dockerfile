@@ -1,6 +1,8 @@
 # The MLflow tracking server and model registry for the kr pipeline: mlflow (the version constraints.txt pins),
 # the PostgreSQL driver, boto3 for S3 artifacts, and basic auth (`mlflow server --app-name basic-auth`).
 # scripts/build-images tags it <registry>/kr-mlflow:<tag>; infra/ runs it.
+# Base: pinned by tag here; scripts/build-images resolves the tag to its digest and builds from
+# BASE_IMAGE=python:3.11.14-slim-trixie@sha256:<digest> (recorded in its images lock and in the base.name label).
 # Build context: the repository root (see .dockerignore).
 ARG BASE_IMAGE=python:3.11.14-slim-trixie
 
@@ -16,12 +18,6 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --constraint constraints.txt --requirement mlflow-requirements.txt
 
 FROM ${BASE_IMAGE}
-ARG KR_VERSION=unknown
-ARG KR_REVISION=unknown
-LABEL org.opencontainers.image.title="kr-mlflow" \
-      org.opencontainers.image.description="MLflow tracking server with basic auth, PostgreSQL and S3 for kr" \
-      org.opencontainers.image.version="${KR_VERSION}" \
-      org.opencontainers.image.revision="${KR_REVISION}"
 RUN useradd --no-log-init -l --uid 10001 --gid 0 --home-dir /home/mlflow --create-home --shell /usr/sbin/nologin mlflow
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /build/constraints.txt /build/mlflow-requirements.txt /opt/mlflow/
@@ -35,6 +31,16 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MLFLOW_PORT=5000 \
     MLFLOW_WORKERS=2 \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+# Provenance labels, set last so that a new commit leaves the layers above cached: scripts/build-images passes the
+# commit (KR_COMMIT, full hash) and the digest-pinned base (BASE_IMAGE).
+ARG BASE_IMAGE
+ARG KR_VERSION=unknown
+ARG KR_COMMIT=unknown
+LABEL org.opencontainers.image.title="kr-mlflow" \
+      org.opencontainers.image.description="MLflow tracking server with basic auth, PostgreSQL and S3 for kr" \
+      org.opencontainers.image.version="${KR_VERSION}" \
+      org.opencontainers.image.revision="${KR_COMMIT}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 USER 10001:0
 WORKDIR /home/mlflow
 RUN python /opt/mlflow/verify_image.py --mlflow --pip-check --roots-from /opt/mlflow/mlflow-requirements.txt \

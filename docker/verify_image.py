@@ -7,6 +7,7 @@ Fails the build when the image does not hold what the tests ran against:
   checked: the GPU base image's own conda packages that kr does not use may differ;
 - the packages the pipeline components import are importable (kr, kfp, kfp-kubernetes, mlflow, medmnist, torch);
 - torch is the expected version and build (CUDA or CPU);
+- a component image's build commit (KR_COMMIT, KR_DIRTY) is what kr records as its code version;
 - no C/C++ compiler is on PATH (no build tools in the final stage);
 - the process does not run as root.
 Standard library only, so it also runs in the MLflow image (--mlflow).
@@ -86,6 +87,24 @@ def check_pins(installed: dict[str, str], pins: dict[str, str], skip: set[str]) 
     ]
 
 
+def check_provenance(checkout: str | None = None) -> list[str]:
+    """kr's code_version() names the commit the image was built from (KR_COMMIT, a full hash, and ".dirty" when
+    KR_DIRTY=1), so the records made in the image are not "+unknown". An image built without a commit (KR_COMMIT
+    unset or "unknown": a plain `docker build`) passes. `checkout` is passed to code_version (tests only)."""
+    commit = os.environ.get("KR_COMMIT", "").strip()
+    if not commit or commit == "unknown":
+        return []
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return [f"KR_COMMIT={commit!r} is not a full commit hash"]
+    from kr.run.tracking import code_version
+
+    want = "+" + commit[:12] + (".dirty" if os.environ.get("KR_DIRTY", "0").strip() == "1" else "")
+    version = code_version(checkout)
+    if not version.endswith(want):
+        return [f"code_version() is {version}, expected it to end in {want} (KR_COMMIT, KR_DIRTY)"]
+    return []
+
+
 def read_roots(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         lines = [line.split("#", 1)[0].strip() for line in f.read().splitlines()]
@@ -121,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001  any import failure is a broken image
             errors.append(f"cannot import {module}: {exc!r}")
+
+    if not args.mlflow:
+        try:
+            errors += check_provenance()
+        except Exception as exc:  # noqa: BLE001  a provenance check that cannot run is a broken image
+            errors.append(f"cannot check the code version: {exc!r}")
 
     if args.torch:
         import torch

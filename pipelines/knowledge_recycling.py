@@ -25,18 +25,24 @@ DESCRIPTION = (
 
 
 def configure(task: dsl.PipelineTask, step: str, cluster: ClusterSettings) -> dsl.PipelineTask:
-    """Resources, labels, secrets and, from the step table, GPU, runs volume, caching and retries of one task."""
+    """Resources, labels, identity and, from the step table, secrets, GPU, runs volume, caching and retries of one
+    task."""
     spec = STEP[step]
     task.set_cpu_request(cluster.cpu_request).set_cpu_limit(cluster.cpu_limit)
     task.set_memory_request(cluster.memory_request).set_memory_limit(cluster.memory_limit)
-    for key, value in cluster.pod_labels.items():  # lets NetworkPolicies admit kr's pods, not every KFP pod
+    # lets NetworkPolicies admit and limit kr's pods, not every KFP pod (only the S3 keys' holders reach S3)
+    for key, value in cluster.step_labels(spec.secrets).items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    if cluster.run_as_user is not None:  # the images' own non-root user; KFP (>= 2.17) adds the rest of "restricted"
+        kubernetes.set_security_context(
+            task, run_as_user=cluster.run_as_user, run_as_group=cluster.run_as_group, run_as_non_root=True
+        )
     if spec.gpu and cluster.gpus > 0:  # gpus=0 compiles a CPU-only pipeline (small dev clusters)
         task.set_accelerator_type(cluster.gpu_type).set_accelerator_limit(cluster.gpus)
         for key, value in cluster.gpu_node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         kubernetes.add_toleration(task, key=cluster.gpu_toleration_key, operator="Exists", effect="NoSchedule")
-    for secret, mapping in cluster.secret_env.items():
+    for secret, mapping in cluster.step_secrets(spec.secrets).items():  # only the credentials this step uses
         # optional: a cluster without that secret still runs, with no credentials in the pod
         kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=mapping, optional=True)
     if spec.resolves_request and cluster.gate_policy_config_map:

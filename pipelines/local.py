@@ -8,9 +8,14 @@ from kfp.local's cache instead of executed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,8 +41,43 @@ RUN_FILES = (
 )
 
 
+LOCK_FILE = ".kr-run.lock"
+# an archive's name comes from the old summary's finish time: anything else (a path, `..`) is not a name
+STAMP = re.compile(r"[^0-9A-Za-z+-]")
+
+
 class PipelineFailed(RuntimeError):
     """The pipeline ended with a failed task; the message names the step and its error when the run recorded it."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another run is writing into the run folder: two runs in one folder would mix their files."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """Hold `<out>/.kr-run.lock` (an exclusive flock, released by the kernel when the process dies, so a killed
+    run never leaves a stale lock). Raises RunFolderBusy, naming the holder's pid, when another run holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunFolderBusy(
+                f"another run (pid {holder}) is writing into {out}; wait for it or give another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def new_run_key() -> str:
+    """A fresh run key: a UUID4 from the OS's randomness (36 characters), never Python's `random`."""
+    return str(uuid.uuid4())
 
 
 def archive_previous(out: Path) -> Path | None:
@@ -45,7 +85,11 @@ def archive_previous(out: Path) -> Path | None:
     generator's checkpoints stay: they are what the new run resumes from). Returns the archive, None if none."""
     old = out / "summary.json"
     if old.exists():
-        stamp = json.loads(old.read_text()).get("finished_at", "unknown").replace(":", "")
+        try:
+            stamp = str(json.loads(old.read_text()).get("finished_at") or "unknown")
+        except (ValueError, AttributeError):  # a damaged summary is archived too, under a neutral name
+            stamp = "unreadable-summary"
+        stamp = STAMP.sub("", stamp.replace(":", "")) or "unknown"
     elif any((out / name).exists() for name in ("failure.json", "kfp", "tracking.json")):
         # a run that died without a summary (killed): keep what it left
         stamp = "unfinished-" + datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
@@ -65,11 +109,20 @@ def run_local(req: RunRequest, out: Path, cache_root: Path | None = None) -> dic
     """Execute the pipeline into the run folder `out`; returns the summary. `cache_root`: reuse tasks from (and add
     them to) kfp.local's cache there; None: execute every task. Raises PipelineFailed when the run failed."""
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(out):
+        return _run_locked(req, out, cache_root)
+
+
+def _run_locked(req: RunRequest, out: Path, cache_root: Path | None) -> dict:
     archive_previous(out)
     started = req.started_at or datetime.now(UTC).isoformat(timespec="seconds")
     checkpoints = req.checkpoints_root or str(cache_root.parent / "checkpoints" if cache_root else out / "checkpoints")
-    req = req.model_copy(update={"run_dir": str(out), "started_at": started, "checkpoints_root": checkpoints})
+    # a key from the OS's randomness: kfp.local's run id comes from Python's global `random`, which a seeded
+    # notebook or wrapper makes repeat, and a repeated key would merge two runs in the registry and the trail
+    key = req.run_key or new_run_key()
+    req = req.model_copy(
+        update={"run_dir": str(out), "started_at": started, "checkpoints_root": checkpoints, "run_key": key}
+    )
     # use_venv=False: components run in this interpreter, where kr and torch are already installed
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

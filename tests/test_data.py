@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tracemalloc
+import warnings
+import zipfile
 from pathlib import Path
 
 import medmnist
@@ -13,7 +17,8 @@ from datagen import REAL_ROOT, make_arrays, needs_real, write_npz
 from medmnist.info import DEFAULT_ROOT, INFO
 
 from kr import data
-from kr.data import DataError, file_md5, load_dataset, resolve_data_root
+from kr.config import DataConfig
+from kr.data import DataError, NpzLimits, file_md5, load_dataset, resolve_data_root
 
 
 def raises(match_words: list[str], *args, **kwargs) -> str:
@@ -137,10 +142,12 @@ def test_truncated_file(tmp_path):
 
 @needs_real
 def test_corrupt_member(tmp_path):
+    """Under its flag the MD5, checked before anything is inflated, refuses it; as a custom file, the member."""
     raw = bytearray((REAL_ROOT / "breastmnist.npz").read_bytes())
     raw[1000:1100] = bytes(b ^ 0xFF for b in raw[1000:1100])
     (tmp_path / "breastmnist.npz").write_bytes(bytes(raw))
-    raises(["breastmnist.npz", "not a readable .npz"], "breastmnist", data_root=tmp_path)
+    raises(["breastmnist.npz", "MD5 mismatch"], "breastmnist", data_root=tmp_path)
+    raises(["breastmnist.npz", "'train_images'", "not readable", "corrupt"], str(tmp_path / "breastmnist.npz"))
 
 
 def test_not_a_zip(tmp_path):
@@ -320,4 +327,230 @@ def test_the_data_artifact_is_a_reference_that_refuses_a_changed_file(tmp_path) 
         load_saved_dataset(folder)
     path.unlink()
     with pytest.raises(DataError, match="gone"):
+        load_saved_dataset(folder)
+
+
+# ---------------------------------------------------------------- hostile files: refused before inflating anything
+
+
+def npy(shape: tuple[int, ...], descr: str = "|u1", payload: bytes | None = None) -> bytes:
+    """A .npy header declaring shape/descr, then payload (default: the zero bytes the header declares)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    if payload is None:
+        payload = bytes(int(np.prod(shape)) * np.dtype(descr).itemsize)
+    return buf.getvalue() + payload
+
+
+def tiny_members(n: int = 10) -> dict[str, bytes]:
+    """Valid .npy members of a small grayscale two-class file."""
+    members = {}
+    for split in ("train", "val", "test"):
+        members[f"{split}_images.npy"] = npy((n, 28, 28))
+        members[f"{split}_labels.npy"] = npy((n,), payload=bytes(np.arange(n, dtype=np.uint8) % 2))
+    return members
+
+
+def write_zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    return path
+
+
+def write_bomb(path: Path, n: int = 200_000, member: str = "train_images.npy", **others: bytes) -> Path:
+    """A zip whose `member` declares (n, 28, 28) uint8 zeros (157 MB at n = 200,000), deflated to ~150 KB, written in
+    1 MiB chunks so that making it never holds the array; `others` (name -> bytes) are stored beside it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open(member, "w", force_zip64=True) as f:
+            f.write(npy((n, 28, 28), payload=b""))
+            left, chunk = n * 28 * 28, bytes(1 << 20)
+            while left:
+                f.write(chunk[: min(left, len(chunk))])
+                left -= min(left, len(chunk))
+        for name, raw in others.items():
+            z.writestr(name, raw)
+    return path
+
+
+def peak_mb(fn, *args, **kwargs) -> tuple[BaseException | None, float]:
+    """Call fn; return what it raised (None if nothing) and the peak of traced allocations (numpy's arrays
+    included) in MiB: deterministic, unlike RSS, which other tests in the process have already raised."""
+    tracemalloc.start()
+    try:
+        fn(*args, **kwargs)
+        raised = None
+    except Exception as e:  # returned for the caller to check
+        raised = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_zip_bomb_refused_before_inflating(tmp_path):
+    members = tiny_members()
+    del members["train_images.npy"]
+    path = write_bomb(tmp_path / "bomb.npz", **members)
+    assert path.stat().st_size < 1_000_000
+    raised, peak = peak_mb(load_dataset, str(path))
+    assert isinstance(raised, DataError), raised
+    msg = str(raised)
+    for word in ("bomb.npz", "declare 149.6 MB", "compression ratio", "data.max_compression_ratio", "--set"):
+        assert word in msg, msg
+    assert peak < 32, f"peak {peak:.0f} MiB for a refused bomb"  # the array alone would be 150 MiB
+
+
+def test_zip_bomb_under_official_name_is_refused_by_md5_before_any_member_is_opened(tmp_path, monkeypatch):
+    members = tiny_members()
+    del members["train_images.npy"]
+    write_bomb(tmp_path / "breastmnist.npz", **members)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile, "open", lambda self, name, *a, **k: opened.append(name) or real_open(self, name, *a, **k)
+    )
+    raised, peak = peak_mb(load_dataset, "breastmnist", data_root=tmp_path)
+    assert isinstance(raised, DataError) and "MD5 mismatch for breastmnist" in str(raised), raised
+    assert opened == [] and peak < 32
+
+
+def test_lying_header_claiming_a_huge_shape(tmp_path):
+    """A 1 KB member whose header claims (10**9, 28, 28): refused from the header, never a MemoryError."""
+    members = tiny_members()
+    members["train_images.npy"] = npy((10**9, 28, 28), payload=bytes(1024))
+    path = write_zip(tmp_path / "liar.npz", members)
+    msg = raises(["liar.npz", "'train_images'", "(1000000000, 28, 28)", "data.max_array_mb", "--set"], str(path))
+    assert "747,680" in msg  # the declared MB
+
+
+def test_lying_header_within_the_limits(tmp_path):
+    """A header declaring more bytes than the member holds (the zip directory's size) is refused unread."""
+    members = tiny_members()
+    members["val_images.npy"] = npy((1000, 28, 28), payload=bytes(1024))
+    path = write_zip(tmp_path / "short.npz", members, zipfile.ZIP_DEFLATED)
+    raises(["short.npz", "'val_images'", "(1000, 28, 28)", "zip directory gives", "corrupt or crafted"], str(path))
+
+
+def test_object_member_refused_without_unpickling(tmp_path, monkeypatch):
+    import pickle
+
+    members = tiny_members()
+    members["train_labels.npy"] = npy((10,), "|O", payload=pickle.dumps(list(range(10))))
+    path = write_zip(tmp_path / "obj.npz", members)
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    raises(["obj.npz", "'train_labels'", "object", "pickled", "refused"], str(path))
+
+
+@pytest.mark.parametrize("name", ["notes.npy", "../train_images.npy", "train_images"])
+def test_unexpected_member_refused(tmp_path, name):
+    members = tiny_members()
+    members[name] = npy((2,))
+    path = write_zip(tmp_path / "extra.npz", members)
+    raises(["extra.npz", "unexpected member", repr(name), "train_images.npy"], str(path))
+
+
+def test_duplicate_member_refused(tmp_path):
+    members = tiny_members()
+    path = write_zip(tmp_path / "dup.npz", members)
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "a") as z:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it is asked to write
+        z.writestr("train_labels.npy", npy((10,)))
+    raises(["dup.npz", "'train_labels.npy' appears 2 times"], str(path))
+
+
+def test_other_zip_compression_refused(tmp_path):
+    path = write_zip(tmp_path / "bz.npz", tiny_members(), zipfile.ZIP_BZIP2)
+    raises(["bz.npz", "compression method 12", "stored or deflated"], str(path))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"hello, I am not an archive\n", b"PK\x03\x04" + bytes(200), npy((3, 28, 28))],
+    ids=["empty", "text", "zip-magic", "plain-npy"],
+)
+def test_non_zip_files_refused(tmp_path, raw):
+    path = tmp_path / "nz.npz"
+    path.write_bytes(raw)
+    raises(["nz.npz", "not a readable .npz"], str(path))
+
+
+def test_compressed_file_loads(tmp_path):
+    """np.savez_compressed's deflated members read like stored ones."""
+    arrays = make_arrays(channels=1, n_classes=2)
+    with open(tmp_path / "z.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    ds = load_dataset(str(tmp_path / "z.npz"))
+    np.testing.assert_array_equal(ds.x_test[:, 0], arrays["test_images"])
+
+
+def test_limits_come_from_data_config_and_say_how_to_raise_them(tmp_path):
+    path = write_npz(tmp_path / "d.npz", channels=3)  # train_images: 60 x 28 x 28 x 3 = 0.13 MB
+    cases = {"max_file_mb": 0.1, "max_array_mb": 0.1, "max_total_mb": 0.2}
+    for field, mb in cases.items():
+        limits = NpzLimits.of(DataConfig(**{field: mb}))
+        msg = raises(
+            ["d.npz", f"over the {mb:g} MB limit", f"data.{field}", f"--set data.{field}="], str(path), limits=limits
+        )
+        assert msg.count("MB limit") == 1
+    assert load_dataset(str(path), limits=NpzLimits.of(DataConfig(max_array_mb=0.2))).info.n_train == 60
+    assert NpzLimits.of() == NpzLimits.of(DataConfig())
+    with pytest.raises(ValueError):
+        DataConfig(max_array_mb=0)
+
+
+def test_compression_ratio_limit_applies_past_its_floor(tmp_path, monkeypatch):
+    members = tiny_members(n=2000)  # zero images deflate ~1000x; 4.7 MB is under the 64 MB floor
+    path = write_zip(tmp_path / "zeros.npz", members, zipfile.ZIP_DEFLATED)
+    assert load_dataset(str(path)).info.n_train == 2000
+    monkeypatch.setattr(data, "_RATIO_FLOOR", 0)
+    raises(["zeros.npz", "compression ratio", "data.max_compression_ratio"], str(path))
+    limits = NpzLimits.of(DataConfig(max_compression_ratio=10_000))
+    assert load_dataset(str(path), limits=limits).info.n_train == 2000
+
+
+def test_default_limits_fit_every_2d_medmnist_file():
+    """Every 2-D MedMNIST file at 28x28 loads under the defaults (sizes from medmnist INFO: uint8 images, labels)."""
+    limits = NpzLimits.of()
+    for flag in data.valid_flags():
+        info = INFO[flag]
+        n_labels = len(info["label"]) if "multi-label" in info["task"] else 1
+        arrays = [n * 28 * 28 * info["n_channels"] for n in info["n_samples"].values()]
+        arrays += [n * n_labels for n in info["n_samples"].values()]
+        assert max(arrays) <= limits.max_array_mb * 2**20, flag
+        # compressed it is smaller still (ratio ~1.1): the arrays' total bounds the file too
+        assert sum(arrays) <= min(limits.max_total_mb, limits.max_file_mb) * 2**20, flag
+
+
+@needs_real
+@pytest.mark.parametrize("flag", ["breastmnist", "pneumoniamnist"])
+def test_real_files_load_exactly_as_np_load_reads_them(flag):
+    ds = load_dataset(flag, data_root=REAL_ROOT)
+    with np.load(REAL_ROOT / f"{flag}.npz") as z:
+        for split in ("train", "val", "test"):
+            x, y = ds.split(split)
+            np.testing.assert_array_equal(x, z[f"{split}_images"][:, None])
+            np.testing.assert_array_equal(y, z[f"{split}_labels"].reshape(-1).astype(np.int64))
+    assert ds.info.md5 == INFO[flag]["MD5"] and ds.limits == NpzLimits.of()
+
+
+@needs_real
+def test_real_file_is_never_modified(tmp_path):
+    path = Path(shutil.copy(REAL_ROOT / "breastmnist.npz", tmp_path / "breastmnist.npz"))
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    load_dataset("breastmnist", data_root=tmp_path)
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+
+
+def test_saved_reference_rereads_under_the_validated_limits(tmp_path):
+    from kr.data import load_saved_dataset, save_dataset
+
+    path = write_npz(tmp_path / "d.npz", channels=1, n_classes=2)
+    limits = NpzLimits.of(DataConfig(max_array_mb=0.5))
+    folder = save_dataset(load_dataset(str(path), limits=limits), tmp_path / "artifact")
+    assert load_saved_dataset(folder).limits == limits
+    reference = json.loads((folder / "info.json").read_text())
+    reference["read_limits"]["max_array_mb"] = 0.01
+    (folder / "info.json").write_text(json.dumps(reference))
+    with pytest.raises(DataError, match="data.max_array_mb"):
         load_saved_dataset(folder)

@@ -34,6 +34,7 @@ TINY = dict(
     warmup_steps=2,
     label_dropout=0.2,
 )
+MD5 = "0123456789abcdef0123456789abcdef"  # the data file's MD5 that spec.json records
 
 
 def tiny_data(channels: int = 1, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -45,12 +46,14 @@ def tiny_data(channels: int = 1, n_classes: int = 3) -> tuple[np.ndarray, np.nda
 
 def test_train_then_sample_balanced_rgb(tmp_path: Path) -> None:
     x, y = tiny_data(channels=3, n_classes=5)
-    cfg = GeneratorConfig(**TINY, train_steps=6, checkpoint_every=3, keep_checkpoints=2)
-    result = train_generator(x, y, 5, cfg, tmp_path, seed=0)
-    assert result["complete"] and result["steps"] == 6
-    assert [c.step for c in list_checkpoints(tmp_path)] == [3, 6]
-    # only the newest checkpoint keeps the optimiser state needed to resume
-    assert not (tmp_path / "checkpoints/step-000003/state.pt").exists()
+    cfg = GeneratorConfig(**TINY, train_steps=6, checkpoint_every=2, keep_checkpoints=3)
+    result = train_generator(x, y, 5, cfg, tmp_path, seed=0, dataset_md5=MD5)
+    assert result["complete"] and result["steps"] == 6 and result["skipped_checkpoints"] == []
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 4, 6]
+    # the newest two checkpoints keep the optimiser state needed to resume (two, so a damaged newest one has a
+    # fallback); older ones keep their EMA weights only
+    assert not (tmp_path / "checkpoints/step-000002/state.pt").exists()
+    assert (tmp_path / "checkpoints/step-000004/state.pt").exists()
     assert (tmp_path / "checkpoints/step-000006/state.pt").exists()
     unet = load_generator(tmp_path / "checkpoints/step-000006")
     labels = balanced_labels(10, 5)
@@ -65,9 +68,9 @@ def test_train_then_sample_balanced_rgb(tmp_path: Path) -> None:
 
 def test_other_settings_refuse_to_resume(tmp_path: Path) -> None:
     x, y = tiny_data()
-    train_generator(x, y, 3, GeneratorConfig(**TINY, train_steps=2, checkpoint_every=2), tmp_path, seed=0)
+    train_generator(x, y, 3, GeneratorConfig(**TINY, train_steps=2, checkpoint_every=2), tmp_path, 0, MD5)
     with pytest.raises(GeneratorError, match="label_dropout"):
-        train_generator(x, y, 3, GeneratorConfig(**{**TINY, "label_dropout": 0.5}, train_steps=2), tmp_path, seed=0)
+        train_generator(x, y, 3, GeneratorConfig(**{**TINY, "label_dropout": 0.5}, train_steps=2), tmp_path, 0, MD5)
 
 
 TRAIN_SCRIPT = """
@@ -77,7 +80,7 @@ from kr.config import GeneratorConfig
 from kr.method.generator import train_generator
 x, y = np.load(sys.argv[1])["x"], np.load(sys.argv[1])["y"]
 cfg = GeneratorConfig(**json.loads(sys.argv[2]))
-print(json.dumps(train_generator(x, y, 3, cfg, sys.argv[3], seed=0)))
+print(json.dumps(train_generator(x, y, 3, cfg, sys.argv[3], seed=0, dataset_md5="0" * 32)))
 """
 
 

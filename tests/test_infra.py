@@ -7,7 +7,9 @@ lints every Dockerfile, and the build script's tag and compiled pipeline are che
 
 import configparser
 import copy
+import hashlib
 import importlib.util
+import ipaddress
 import os
 import re
 import shutil
@@ -289,6 +291,114 @@ def test_network_policies_let_only_pipeline_pods_and_operators_reach_mlflow(rend
     assert pipeline_peer in peers and operator_peer in peers
 
 
+# RFC 5737 documentation ranges: the placeholders the base's ipBlocks hold until an overlay sets real addresses
+PLACEHOLDER_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+
+
+def pipeline_pod_labels(needs_s3: bool = False) -> dict[str, str]:
+    """The labels the compiled pipeline puts on a task's pod (tests/test_pipeline.py checks them in the IR)."""
+    cluster = ClusterSettings()
+    return dict(cluster.pod_labels) | (dict([cluster.s3_egress_label]) if needs_s3 else {})
+
+
+def egress_allowed(docs, labels: dict) -> list[tuple[dict, list[dict], str]]:
+    """(peer, ports, policy name) for every egress peer some policy in the pipeline namespace allows a pod with
+    `labels`; asserts that such a pod is egress-isolated at all."""
+    policies = [
+        p
+        for p in find(docs, "NetworkPolicy", namespace=PIPELINE_NS)
+        if label_match(p["spec"]["podSelector"], labels) and "Egress" in p["spec"].get("policyTypes", [])
+    ]
+    assert policies, f"no Egress NetworkPolicy selects pipeline pods labelled {labels}: their egress is open"
+    return [
+        (peer, rule.get("ports", []), p["metadata"]["name"])
+        for p in policies
+        for rule in p["spec"].get("egress", [])
+        for peer in rule.get("to", [{}])
+    ]
+
+
+def peer_networks(allowed) -> list[ipaddress.IPv4Network]:
+    return [ipaddress.ip_network(peer["ipBlock"]["cidr"]) for peer, _, _ in allowed if "ipBlock" in peer]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_pods_may_connect_only_to_dns_mlflow_kfp_and_the_kubernetes_api(rendered, overlay):
+    docs = rendered[overlay]
+    allowed = egress_allowed(docs, pipeline_pod_labels())
+    for policy in find(docs, "NetworkPolicy", namespace=PIPELINE_NS):
+        # kr's policies select kr's pods, never every pod of KFP's namespace
+        assert label_match(policy["spec"]["podSelector"], pipeline_pod_labels(needs_s3=True)), policy["metadata"]
+        assert policy["spec"]["podSelector"]["matchLabels"], policy["metadata"]["name"]
+        for rule in policy["spec"].get("egress", []):
+            name = policy["metadata"]["name"]
+            assert rule.get("to"), f"{name}: an egress rule without `to` allows every destination"
+            assert rule.get("ports"), f"{name}: an egress rule without `ports` allows every port"
+            for peer in rule["to"]:
+                assert peer.get("namespaceSelector") != {} or peer.get("podSelector"), f"{name}: every namespace"
+                if "ipBlock" in peer:
+                    net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                    # no internet: private ranges (dev), or placeholders an overlay replaces (docs/deploy.md)
+                    assert net.prefixlen >= 8 and net.is_private, f"{name}: {net} reaches the internet"
+    # the pipeline pods take no connections either
+    main = one(docs, "NetworkPolicy", "kr-pipeline-egress", PIPELINE_NS)
+    assert "Ingress" in main["spec"]["policyTypes"] and not main["spec"].get("ingress")
+
+    def ports_to(peer: dict) -> set[tuple[str, int]]:
+        return {(p["protocol"], p["port"]) for q, ports, _ in allowed if q == peer for p in ports}
+
+    dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    assert ports_to(dns) == {("UDP", 53), ("TCP", 53)}
+    mlflow_labels = mlflow_deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    mlflow = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MLFLOW_NS}},
+        "podSelector": {
+            "matchLabels": {k: mlflow_labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/component")}
+        },
+    }
+    (container,) = mlflow_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert ports_to(mlflow) == {("TCP", p["containerPort"]) for p in container["ports"]} == {("TCP", 5000)}
+    # KFP's API server, metadata service and artifact store, in its own namespace (pod ports, not Service ports)
+    assert ports_to({"podSelector": {"matchLabels": {"app": "ml-pipeline"}}}) == {("TCP", 8887), ("TCP", 8888)}
+    assert ports_to({"podSelector": {"matchLabels": {"component": "metadata-grpc-server"}}}) == {("TCP", 8080)}
+    assert ports_to({"podSelector": {"matchLabels": {"app": "seaweedfs"}}}) == {("TCP", 8333)}
+    # nothing else in the cluster, and by address only the Kubernetes API's ports
+    by_address = [(peer, ports) for peer, ports, _ in allowed if "ipBlock" in peer]
+    assert by_address, "the steps' pods cannot reach the Kubernetes API (KFP's launcher, Argo's executor)"
+    assert {(p["protocol"], p["port"]) for _, ports in by_address for p in ports} == {("TCP", 443), ("TCP", 6443)}
+    selected = [peer for peer, _, _ in allowed if "ipBlock" not in peer]
+    assert all(peer.get("podSelector", {}).get("matchLabels") for peer in selected), selected
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_pods_with_the_audit_keys_reach_s3_outside_the_cluster(rendered, overlay):
+    docs = rendered[overlay]
+    plain = egress_allowed(docs, pipeline_pod_labels())
+    trail = egress_allowed(docs, pipeline_pod_labels(needs_s3=True))
+    extra = [(peer, ports, name) for peer, ports, name in trail if (peer, ports, name) not in plain]
+    assert extra, "the steps that write the audit trail cannot reach S3"
+    for peer, ports, name in extra:
+        assert name == "kr-pipeline-egress-s3" and "ipBlock" in peer, (peer, name)
+        assert ports == [{"protocol": "TCP", "port": 443}], name
+    assert not {name for _, _, name in plain} & {"kr-pipeline-egress-s3"}
+
+
+def test_the_production_overlays_addresses_are_placeholders_the_docs_explain(rendered):
+    """The gpu overlay cannot know a cluster's API server or S3 addresses: it holds RFC 5737 addresses (routed
+    nowhere, so a deployment that forgets them fails closed) and docs/deploy.md says how to set them."""
+    docs_text = (ROOT / "docs" / "deploy.md").read_text()
+    nets = peer_networks(egress_allowed(rendered["gpu"], pipeline_pod_labels(needs_s3=True)))
+    assert nets
+    for net in nets:
+        assert any(net.subnet_of(p) for p in PLACEHOLDER_NETS), f"{net}: a real address in the shared overlay"
+        assert str(net.network_address) in docs_text, f"docs/deploy.md does not explain the placeholder {net}"
+    for name in ("kr-pipeline-egress-kube-api", "kr-pipeline-egress-s3"):
+        assert name in docs_text, name
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pipeline_rbac_is_least_privilege(rendered, overlay):
     docs = rendered[overlay]
@@ -350,7 +460,7 @@ def test_overlays_hold_no_secret_and_every_secret_they_use_is_in_infra_secrets(r
 def test_infra_secrets_create_what_the_compiled_pipeline_reads(rendered):
     generated = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["data"] for s in rendered["secrets"]}
     cluster = ClusterSettings()
-    assert set(cluster.secret_env) == {cluster.mlflow_secret, cluster.s3_secret}
+    assert set(cluster.secret_env) == {cluster.mlflow_secret, cluster.s3_secret, cluster.signing_secret}
     for secret, mapping in cluster.secret_env.items():
         assert (PIPELINE_NS, secret) in generated, f"no Secret {PIPELINE_NS}/{secret} for the pipeline"
         assert set(mapping) <= set(generated[(PIPELINE_NS, secret)]), secret
@@ -407,6 +517,65 @@ def test_mlflow_entry_point_renders_an_auth_config_mlflow_reads(tmp_path, monkey
     with pytest.raises(SystemExit, match="MLFLOW_AUTH_ADMIN_PASSWORD"):
         start.check_secrets({"MLFLOW_AUTH_ADMIN_PASSWORD": "CHANGE_ME"})
     start.check_secrets({"MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret", "MLFLOW_BACKEND_STORE_URI": "sqlite:////data/db"})
+
+
+# --- images pinned by digest -----------------------------------------------------------------------------------
+
+PLACEHOLDER_IMAGES = {"registry.invalid/kr", "registry.invalid/kr-mlflow"}
+
+
+def deploy_doc_overlay() -> dict:
+    """The kustomization docs/deploy.md tells operators to write over the gpu overlay."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    block = re.search(r"```yaml\n(# deploy/prod/kustomization\.yaml\n.*?)```", text, re.S)
+    assert block, "docs/deploy.md has no deploy/prod/kustomization.yaml example"
+    return yaml.safe_load(block.group(1))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_a_placeholder_that_one_images_entry_pins_by_digest(rendered, tmp_path, overlay):
+    """Every image in infra/ is one of two placeholders (registry.invalid never resolves, so an overlay that forgets
+    to set it fails to pull instead of running something else), and kustomize's `images:` with `digest:` pins every
+    container to an immutable image, init containers and Jobs included."""
+    names = {c["image"].split(":")[0] for _, spec in pod_specs(rendered[overlay]) for c in containers(spec)}
+    assert names and names <= PLACEHOLDER_IMAGES, names
+    digest = {name: "sha256:" + hashlib.sha256(name.encode()).hexdigest() for name in PLACEHOLDER_IMAGES}
+    entries = "".join(
+        f"  - name: {name}\n    newName: {REGISTRY}/{name.rsplit('/', 1)[1]}\n    newTag: 0.1.0-test\n"
+        f"    digest: {digest[name]}\n"
+        for name in sorted(PLACEHOLDER_IMAGES)
+    )
+    site = tmp_path / "site"
+    site.mkdir()
+    target = os.path.relpath(ROOT / "infra" / "overlays" / overlay, site)
+    (site / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {target}\nimages:\n{entries}"
+    )
+    images = {c["image"] for _, spec in pod_specs(kustomize(site)) for c in containers(spec)}
+    expected = {f"{REGISTRY}/{n.rsplit('/', 1)[1]}:0.1.0-test@{digest[n]}" for n in PLACEHOLDER_IMAGES}
+    assert images and images <= expected, images
+
+
+def test_the_deploy_docs_overlay_pins_every_image_by_digest_and_sets_the_egress_addresses(tmp_path):
+    """The production overlay of docs/deploy.md, rendered over the gpu overlay: each image by tag and digest (the tag
+    for people, the digest for the kubelet: a tag can be moved to other content, a digest cannot), and the two
+    placeholder addresses of the egress policies replaced."""
+    example = deploy_doc_overlay()
+    entries = {e["name"]: e for e in example["images"]}
+    assert set(entries) == PLACEHOLDER_IMAGES
+    for entry in entries.values():
+        assert entry.get("newName") and entry.get("newTag"), entry
+        assert re.fullmatch(r"sha256:(<[\w-]+>|[0-9a-f]{64})", str(entry.get("digest"))), entry
+    site = tmp_path / "site"
+    site.mkdir()
+    example["resources"] = [os.path.relpath(ROOT / "infra" / "overlays" / "gpu", site)]
+    (site / "kustomization.yaml").write_text(yaml.safe_dump(example))
+    docs = kustomize(site)
+    images = {c["image"] for _, spec in pod_specs(docs) for c in containers(spec)}
+    assert images and all(re.fullmatch(r"[^@\s]+:[\w.-]+@sha256:\S+", i) for i in images), images
+    nets = peer_networks(egress_allowed(docs, pipeline_pod_labels(needs_s3=True)))
+    assert nets and not [n for n in nets if any(n.subnet_of(p) for p in PLACEHOLDER_NETS)], nets
 
 
 # --- GPU scheduling --------------------------------------------------------------------------------------------
@@ -804,3 +973,199 @@ def test_printed_kustomize_images_point_the_overlay_at_the_built_images(tmp_path
     )
     images = {c["image"] for _, spec in pod_specs(kustomize(site)) for c in containers(spec)}
     assert images and images <= {f"{REGISTRY}/kr:{tag}", f"{REGISTRY}/kr-mlflow:{tag}"}, images
+
+
+# --- provenance and digests: what the images record, what the build pins --------------------------------------
+
+COMPONENT_DOCKERFILES = ("gpu.Dockerfile", "cpu.Dockerfile")
+
+
+def fake_digest(image: str) -> str:
+    return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+
+
+def digest_docker(folder: Path, registry: bool = True, local: tuple[str, ...] = ()) -> Path:
+    """A docker client that logs its calls. With `registry`, `buildx imagetools inspect IMAGE` answers
+    fake_digest(IMAGE); without, it fails. `image inspect IMAGE` lists a RepoDigest (REPOSITORY@fake_digest(IMAGE))
+    only for the images in `local`, as the local store does for a pulled image."""
+    script = folder / "docker"
+    repo_digests = "".join(f'  {repo}*) echo "{repo.split(":")[0]}@{fake_digest(repo)}" ;;\n' for repo in local)
+    script.write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> "{folder}/calls.log"\n'
+        'last="${*: -1}"\n'
+        'case "$1 $2" in\n'
+        "  'buildx imagetools')\n"
+        + (
+            '    printf "sha256:%s\\n" "$(printf %s "$last" | sha256sum | cut -c1-64)"; exit 0 ;;\n'
+            if registry
+            else "    echo 'ERROR: no registry' >&2; exit 1 ;;\n"
+        )
+        + "  'image inspect')\n"
+        '    case "$last" in\n'
+        f"{repo_digests}"
+        "    esac; exit 0 ;;\n"
+        "esac\n"
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def build_args(call: str) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in re.findall(r"--build-arg (\S+)", call))
+
+
+def dockerfile_base(name: str) -> str:
+    return parse_dockerfile(ROOT / "docker" / name)[0]["BASE_IMAGE"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_are_labelled_with_their_commit_and_base(dockerfile):
+    _, stages = parse_dockerfile(dockerfile)
+    final = stages[-1]
+    args = {rest.split("=", 1)[0] for rest in instructions(final, "ARG")}
+    assert {"KR_COMMIT", "BASE_IMAGE"} <= args, args
+    labels = " ".join(instructions(final, "LABEL"))
+    assert 'org.opencontainers.image.revision="${KR_COMMIT}"' in labels, labels
+    assert 'org.opencontainers.image.base.name="${BASE_IMAGE}"' in labels, labels
+    assert "KR_REVISION" not in dockerfile.read_text()
+
+
+@pytest.mark.parametrize("name", COMPONENT_DOCKERFILES)
+def test_component_images_hand_their_commit_to_kr_and_check_it(name):
+    """kr.run.tracking.code_version() reads KR_COMMIT/KR_DIRTY in an image (there is no git checkout there): the
+    final stage sets them before verify_image.py, which checks that code_version() reports that commit."""
+    final = parse_dockerfile(ROOT / "docker" / name)[1][-1]
+    args = {rest.split("=", 1)[0] for rest in instructions(final, "ARG")}
+    assert {"KR_COMMIT", "KR_DIRTY"} <= args, args
+    env_index = next(i for i, (kind, rest) in enumerate(final) if kind == "ENV" and "KR_COMMIT=" in rest)
+    assert 'KR_COMMIT="${KR_COMMIT}"' in final[env_index][1] and 'KR_DIRTY="${KR_DIRTY}"' in final[env_index][1]
+    verify = next(i for i, (kind, rest) in enumerate(final) if kind == "RUN" and "verify_image.py" in rest)
+    assert env_index < verify, "KR_COMMIT is set after verify_image.py ran"
+
+
+def test_image_verifier_checks_that_kr_records_the_image_commit(tmp_path, monkeypatch):
+    verify = load_docker_module("verify_image")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for name in ("KR_COMMIT", "KR_DIRTY", "KR_GIT_COMMIT"):
+        monkeypatch.delenv(name, raising=False)
+    assert verify.check_provenance(str(tmp_path)) == []  # a plain `docker build`: nothing to check
+    monkeypatch.setenv("KR_COMMIT", commit)
+    assert verify.check_provenance(str(tmp_path)) == []
+    monkeypatch.setenv("KR_DIRTY", "1")
+    assert verify.check_provenance(str(tmp_path)) == []
+    monkeypatch.setenv("KR_COMMIT", "abc")
+    assert verify.check_provenance(str(tmp_path)) == ["KR_COMMIT='abc' is not a full commit hash"]
+    # a git checkout in the image would override the build's commit: the records would name the wrong code
+    (tmp_path / "a.py").write_text("")
+    git("init", "-q", cwd=tmp_path)
+    git("add", "-A", cwd=tmp_path)
+    git("commit", "-q", "-m", "one", cwd=tmp_path)
+    monkeypatch.setenv("KR_COMMIT", commit)
+    monkeypatch.setenv("KR_DIRTY", "0")
+    (error,) = verify.check_provenance(str(tmp_path))
+    assert "expected it to end in +0123456789ab" in error
+
+
+def test_tag_is_dirty_when_the_components_or_the_pipeline_change(scratch_repo):
+    """components/ and pipelines/ are installed into the images (kr.components, kr.pipelines): build inputs."""
+    clean = build_images("--print-tag", cwd=scratch_repo).stdout.strip()
+    assert not clean.endswith("-dirty")
+    for folder in ("components", "pipelines"):
+        (scratch_repo / folder).mkdir()
+        (scratch_repo / folder / "step.py").write_text("")
+        assert build_images("--print-tag", cwd=scratch_repo).stdout.strip() == clean + "-dirty", folder
+        shutil.rmtree(scratch_repo / folder)
+
+
+def test_build_pins_the_bases_and_compiles_against_the_pushed_digest(tmp_path):
+    fake = digest_docker(tmp_path)
+    out, lock = tmp_path / "pipeline.yaml", tmp_path / "images.lock"
+    done = build_images(
+        "--registry", REGISTRY, "--allow-dirty", "--out", str(out), "--lock", str(lock), env={"DOCKER": str(fake)}
+    )
+    tag = build_images("--print-tag").stdout.strip()
+    commit = git("rev-parse", "HEAD", cwd=ROOT)
+    dirty = "1" if tag.endswith("-dirty") else "0"
+    gpu, cpu, mlflow = f"{REGISTRY}/kr:{tag}", f"{REGISTRY}/kr:{tag}-cpu", f"{REGISTRY}/kr-mlflow:{tag}"
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0] == "info"
+    builds = {re.search(r"--file docker/(\S+) ", c).group(1): c for c in calls if c.startswith("build ")}
+    assert list(builds) == ["gpu.Dockerfile", "cpu.Dockerfile", "mlflow.Dockerfile"]
+    bases = {}
+    for name, call in builds.items():
+        args = build_args(call)
+        base = dockerfile_base(name)
+        assert args["BASE_IMAGE"] == f"{base}@{fake_digest(base)}", call  # FROM the digest, not the tag
+        assert args["KR_COMMIT"] == commit
+        assert args.get("KR_DIRTY") == (dirty if name in COMPONENT_DOCKERFILES else None), call
+        bases[name.split(".")[0]] = args["BASE_IMAGE"]
+    assert [c for c in calls if c.startswith("push ")] == [f"push {gpu}", f"push {cpu}", f"push {mlflow}"]
+
+    pushed = {"gpu": gpu, "cpu": cpu, "mlflow": mlflow}
+    pushed = {key: f"{image}@{fake_digest(image)}" for key, image in pushed.items()}
+    assert set(executor_images(out)) == {pushed["gpu"]}  # a tag can move; the pipeline runs what was pushed
+    entries = dict(line.split("=", 1) for line in lock.read_text().splitlines() if not line.startswith("#"))
+    assert entries == {
+        "commit": commit,
+        "tag": tag,
+        "dirty": dirty,
+        **{f"base.{key}": value for key, value in bases.items()},
+        **pushed,
+    }
+    for value in [*bases.values(), *pushed.values()]:
+        assert value in done.stdout, f"{value} is not in the printed summary"
+
+
+def test_build_pins_from_the_local_store_and_warns_about_a_base_it_cannot_pin(tmp_path):
+    """Without registry access the digests the local store recorded on pull are used; a base with none (built or
+    imported locally) is used by tag, with a warning. --no-push: the images have no registry digest yet."""
+    python_base = dockerfile_base("cpu.Dockerfile")
+    fake = digest_docker(tmp_path, registry=False, local=(python_base,))
+    out, lock = tmp_path / "pipeline.yaml", tmp_path / "images.lock"
+    build = ("--registry", REGISTRY, "--allow-dirty", "--no-push", "--cpu", "--out", str(out), "--lock", str(lock))
+    done = build_images(*build, env={"DOCKER": str(fake)})
+    tag = build_images("--print-tag").stdout.strip()
+    pinned = f"{python_base}@{fake_digest(python_base)}"
+    entries = dict(line.split("=", 1) for line in lock.read_text().splitlines() if not line.startswith("#"))
+    gpu_base = dockerfile_base("gpu.Dockerfile")
+    assert entries["base.cpu"] == entries["base.mlflow"] == pinned
+    assert entries["base.gpu"] == gpu_base
+    assert f"no digest found for base image {gpu_base}" in done.stderr
+    assert entries["cpu"] == f"{REGISTRY}/kr:{tag}-cpu"  # not pushed: no digest, and no push call
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert not [c for c in calls if c.startswith("push ")]
+    assert set(executor_images(out)) == {f"{REGISTRY}/kr:{tag}-cpu"}
+
+    given = f"{gpu_base}@{fake_digest('given')}"  # a base named with its digest is used as it is
+    build_images(*build, "--gpu-base", given, env={"DOCKER": str(fake)})
+    assert dict(line.split("=", 1) for line in lock.read_text().splitlines()[1:])["base.gpu"] == given
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu"])
+def test_kustomize_images_from_a_build_lock_pin_the_pushed_digests(tmp_path, variant):
+    tag = "0.1.0-0123456789ab"
+    images = {
+        "gpu": f"{REGISTRY}/kr:{tag}",
+        "cpu": f"{REGISTRY}/kr:{tag}-cpu",
+        "mlflow": f"{REGISTRY}/kr-mlflow:{tag}",
+    }
+    lock = tmp_path / "images.lock"
+    lock.write_text("# lock\n" + "".join(f"{k}={v}@{fake_digest(v)}\n" for k, v in images.items()))
+    flags = ["--cpu"] if variant == "cpu" else []
+    snippet = build_images("--registry", REGISTRY, "--print-kustomize-images", "--lock", str(lock), *flags).stdout
+    entries = {e["name"]: e for e in yaml.safe_load(snippet)["images"]}
+    expected = {"registry.invalid/kr": images[variant], "registry.invalid/kr-mlflow": images["mlflow"]}
+    for placeholder, image in expected.items():
+        name, image_tag = image.rsplit(":", 1)
+        assert entries[placeholder] == {
+            "name": placeholder,
+            "newName": name,
+            "newTag": image_tag,
+            "digest": fake_digest(image),
+        }
+
+    lock.write_text(f"gpu={images['gpu']}\ncpu={images['cpu']}\nmlflow={images['mlflow']}\n")  # a --no-push build
+    done = build_images("--registry", REGISTRY, "--print-kustomize-images", "--lock", str(lock), check=False)
+    assert done.returncode != 0 and "no pushed digest" in done.stderr

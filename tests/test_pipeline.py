@@ -132,7 +132,7 @@ def test_gpu_settings_on_heavy_steps_only(compiled) -> None:
     assert regen["tolerations"][0]["key"] == "nvidia.com/gpu" and regen["tolerations"][0]["effect"] == "NoSchedule"
     assert "tolerations" not in k8s["exec-train-teacher"]
     secrets = {s["secretName"] for s in k8s["exec-train-student"]["secretAsEnv"]}
-    assert secrets == {"kr-mlflow", "kr-s3"}
+    assert secrets == {"kr-mlflow"}  # it logs to MLflow; only the trail's steps get the S3 keys
 
 
 def test_caching_retries_and_the_runs_volume_follow_the_step_table(compiled) -> None:
@@ -189,3 +189,107 @@ def test_the_tasks_that_resolve_the_request_read_the_clusters_gate_policy(compil
     assert volume["configMapName"] == "kr-gate-policy" and not volume.get("optional")
     env = {e["name"]: e["value"] for e in _executors(spec)["exec-resolve-config"]["container"]["env"]}
     assert env["KR_GATE_POLICY"] == f"{volume['mountPath']}/gates.yaml"
+
+
+# --- least privilege: secrets, identity and labels of each task's pod ----------------------------------------------
+
+# What each task touches, worked out from the code (docs/deploy.md explains each line): every step that records an
+# MLflow run (kr.steps.running.run_step), opens or closes the parent run, or registers the student needs the MLflow
+# user; artifacts go through the MLflow server (`mlflow-artifacts:`, the server proxies the bucket), so no step needs
+# S3 keys for MLflow. Only the steps that read or append the audit trail (s3://) need the S3 keys.
+SECRETS_BY_TASK = {
+    "resolve-config": {"kr-mlflow", "kr-s3"},  # refuses a run key the trail or registry holds; opens the parent run
+    "validate-data": {"kr-mlflow"},
+    "train-teacher": {"kr-mlflow"},
+    "train-generator": {"kr-mlflow"},
+    "select-generator": {"kr-mlflow"},
+    "plan-shards": set(),  # arithmetic on info.json: no MLflow run, no trail
+    "regenerate": {"kr-mlflow"},
+    "train-student": {"kr-mlflow"},
+    "train-naive": {"kr-mlflow"},
+    "audit-privacy": {"kr-mlflow"},
+    "evaluate-gates": {"kr-mlflow"},
+    # register the student, append the trail record, signed with the trail's HMAC key
+    "promote": {"kr-mlflow", "kr-s3", "kr-audit-signing"},
+    "record-rejection": {"kr-mlflow", "kr-s3", "kr-audit-signing"},
+    "summarize": {"kr-mlflow"},  # closes the parent run; the trail reference comes in the conclusion
+    "finalize-run": {"kr-mlflow", "kr-s3", "kr-audit-signing"},  # a failed run's trail record, its closed parent
+}
+SECRET_KEYS = {
+    "kr-mlflow": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
+    "kr-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "kr-audit-signing": {"KR_AUDIT_HMAC_KEY"},
+}
+
+
+def _kubernetes(platform) -> dict:
+    return json_format.MessageToDict(platform)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_each_task_gets_exactly_the_secrets_it_needs(compiled) -> None:
+    spec, platform, _ = compiled
+    k8s = _kubernetes(platform)
+    tasks = {name.removeprefix("exec-") for name in _executors(spec)}
+    assert tasks == set(SECRETS_BY_TASK) == {s.task for s in STEPS}
+    got = {}
+    for task in tasks:
+        refs = k8s.get(f"exec-{task}", {}).get("secretAsEnv", [])
+        got[task] = {r["secretName"] for r in refs}
+        for ref in refs:
+            mapping = {m["secretKey"]: m["envVar"] for m in ref["keyToEnv"]}
+            assert set(mapping) == SECRET_KEYS[ref["secretName"]] and mapping == {k: k for k in mapping}, task
+            assert ref.get("optional") is True, task  # a cluster without the Secret runs untracked, not broken
+    assert got == SECRETS_BY_TASK
+    # the step that trains on the real images never holds the audit bucket's keys
+    assert "kr-s3" not in got["train-teacher"] and not got["plan-shards"]
+
+
+def test_the_step_table_declares_each_steps_secrets() -> None:
+    from kr.pipelines.settings import ClusterSettings
+
+    cluster = ClusterSettings()
+    for step in STEPS:
+        assert set(cluster.step_secrets(step.secrets)) == SECRETS_BY_TASK[step.task], step.name
+    with pytest.raises(ValueError, match="unknown secret"):
+        type(STEPS[0])("x", secrets=frozenset({"vault"}))
+
+
+def test_every_task_runs_as_the_images_non_root_user(compiled) -> None:
+    spec, platform, _ = compiled
+    k8s = _kubernetes(platform)
+    for name in _executors(spec):
+        # uid 10001, group 0: the images' USER 10001:0 (docker/*.Dockerfile), the owner of the runs volume's files
+        assert k8s[name]["securityContext"] == {"runAsUser": "10001", "runAsGroup": "0", "runAsNonRoot": True}, name
+
+
+def test_only_the_tasks_with_the_audit_keys_carry_the_s3_egress_label(compiled) -> None:
+    from kr.pipelines.settings import ClusterSettings
+
+    spec, platform, _ = compiled
+    k8s = _kubernetes(platform)
+    cluster = ClusterSettings()
+    key, value = cluster.s3_egress_label
+    for name in _executors(spec):
+        labels = k8s[name]["podMetadata"]["labels"]
+        assert labels[next(iter(cluster.pod_labels))] == "knowledge-recycling", name
+        needs_s3 = "kr-s3" in SECRETS_BY_TASK[name.removeprefix("exec-")]
+        assert (labels.get(key) == value) is needs_s3, name
+
+
+def test_docs_list_each_steps_secrets_as_the_pipeline_gives_them() -> None:
+    """docs/deploy.md's table of step -> Secrets is the compiled pipeline's, row for row."""
+    text = (Path(__file__).parents[1] / "docs" / "deploy.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].strip("`") in SECRETS_BY_TASK:
+            secrets = set() if cells[1] in ("none", "—", "-") else {s.strip(" `") for s in cells[1].split(",")}
+            rows[cells[0].strip("`")] = secrets
+    assert rows == SECRETS_BY_TASK
+
+
+@pytest.mark.parametrize("image", [IMAGE + "@sha256:" + "0" * 64, "registry.example.org/kr@sha256:" + "1" * 64])
+def test_the_pipeline_can_name_its_image_by_digest(tmp_path: Path, image: str) -> None:
+    path = compile_pipeline(tmp_path / "kr.yaml", image)
+    spec = json_format.ParseDict(next(yaml.safe_load_all(path.read_text())), pipeline_spec_pb2.PipelineSpec())
+    assert {e["container"]["image"] for e in _executors(spec).values()} == {image}

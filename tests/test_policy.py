@@ -26,7 +26,7 @@ def policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def request(**gates) -> RunRequest:
-    return RunRequest(profile="smoke", gates=gates, run_dir="/tmp/kr-policy-test")
+    return RunRequest(profile="smoke", gates=gates, run_dir="/tmp/kr-policy-test", run_key="policy-test")
 
 
 def test_every_gate_threshold_is_a_floor_or_a_ceiling() -> None:
@@ -55,7 +55,9 @@ def test_a_run_may_not_loosen_the_policy(policy: Path, gates: dict, key: str) ->
 
 
 def test_overrides_and_config_files_are_held_to_the_policy_too(policy: Path) -> None:
-    req = RunRequest(profile="smoke", overrides=["gates.privacy.max_auc=0.9"], run_dir="/tmp/kr-policy-test")
+    req = RunRequest(
+        profile="smoke", overrides=["gates.privacy.max_auc=0.9"], run_dir="/tmp/kr-policy-test", run_key="policy-test"
+    )
     with pytest.raises(ConfigError, match="privacy.max_auc"):
         resolve_request(req)
 

@@ -82,21 +82,10 @@ def test_served_champion_answers_a_real_test_image(stack) -> None:
 
     port = free_port()
     env = clean_env({**stack["env"], "MLFLOW_TRACKING_URI": stack["uri"]})
-    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"  # mlflow starts `uvicorn` by name: the venv's, as `kr serve` does
-    cmd = [
-        str(BIN / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        f"models:/{MODEL}@champion",
-        "--env-manager",
-        "local",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
-    server = ServerProcess.start("mlflow models serve", cmd, env, stack["root"] / "serve.log")
+    # `kr serve`: the champion's files are matched to its trail record before anything of them is loaded
+    cmd = [str(BIN / "kr"), "serve", "--model-name", MODEL, "--tracking-uri", stack["uri"]]
+    cmd += ["--audit-uri", stack["audit"], "--host", HOST, "--port", str(port)]
+    server = ServerProcess.start("kr serve", cmd, env, stack["root"] / "serve.log")
     try:
         server.wait_until(lambda: _answers(f"http://{HOST}:{port}/ping"), 120)
         x = load_dataset("breastmnist", REAL_ROOT).x_test[:3].astype(np.float32)

@@ -82,7 +82,17 @@ def test_append_three_and_verify(trail: Trail, folder: Path) -> None:
     assert entries[1]["previous_hash"] == entries[0]["record_hash"]
     assert all(e["created"] for e in entries)
     assert entries[2]["uri"] == str(folder / "000003.json")
-    assert sorted(p.name for p in folder.iterdir()) == ["000001.json", "000002.json", "000003.json"]
+    # beside the records: the head hint, the run index and the conditional-write probe, none of them a `.json` here
+    assert sorted(p.name for p in folder.iterdir()) == [".probe", "000001.json", "000002.json", "000003.json"] + [
+        "HEAD",
+        "runs",
+    ]
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == ["run-1.json", "run-2.json", "run-3.json"]
+    assert json.loads((folder / "HEAD").read_bytes()) == {
+        "sequence": 3,
+        "record_id": "000003-run-3",
+        "record_hash": entries[2]["record_hash"],
+    }
     # the file is the canonical form and record_hash covers everything but itself
     stored = json.loads((folder / "000002.json").read_bytes())
     assert (folder / "000002.json").read_bytes() == canonical(stored) + b"\n"
@@ -301,11 +311,17 @@ def s3_trail(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> tuple[Trail, 
     return open_trail(f"s3://{bucket}/audit/trail"), key, bucket
 
 
+def s3_extras(key: Callable, n: int) -> list[str]:
+    """The objects a trail of `n` records keeps beside them: probe, head hint, run index."""
+    return [key(".probe/conditional-write.json"), key("HEAD"), *(key(f"runs/run-{i}.json") for i in range(1, n + 1))]
+
+
 def test_s3_append_verify_tamper_delete(s3_trail, moto: MotoServer) -> None:
     trail, key, bucket = s3_trail
     entries = fill(trail)
     assert entries[1]["uri"] == f"s3://{bucket}/{key('000002.json')}"
-    assert moto.keys(bucket) == [key(f"00000{i}.json") for i in (1, 2, 3)]
+    records = [key(f"00000{i}.json") for i in (1, 2, 3)]
+    assert moto.keys(bucket) == sorted([*records, *s3_extras(key, 3)])
     assert_chain(trail, 3)
 
     client = moto.client()
@@ -329,8 +345,17 @@ def test_s3_conditional_write_and_idempotency(s3_trail, moto: MotoServer) -> Non
         trail.append(body("run-1", accuracy=0.1))
     # the store itself refuses to replace an object (If-None-Match: *, answered 412 by moto as by S3)
     assert not trail.store.put_if_absent("000001.json", b"{}")
-    assert moto.keys(bucket) == [key("000001.json"), key("000002.json")]
+    assert moto.keys(bucket) == sorted([key("000001.json"), key("000002.json"), *s3_extras(key, 2)])
     assert_chain(trail, 2)
+
+
+def test_s3_probe_passes_on_a_store_that_honours_if_none_match(s3_trail, moto: MotoServer) -> None:
+    trail, key, bucket = s3_trail
+    trail.check_conditional_writes()  # moto, like S3, answers 412 to the second If-None-Match: * write
+    assert moto.keys(bucket) == [key(".probe/conditional-write.json")]
+    assert not trail.store.put_if_absent(".probe/conditional-write.json", b"{}")
+    open_trail(trail.uri).check_conditional_writes()  # another process finds the probe in place: still refused
+    assert moto.keys(bucket) == [key(".probe/conditional-write.json")]
 
 
 def test_s3_concurrent_appends(s3_trail) -> None:
@@ -350,7 +375,8 @@ def test_s3_concurrent_appends(s3_trail) -> None:
 
 def test_s3_missing_bucket_is_a_clear_error(s3_trail) -> None:
     _ = s3_trail  # the environment points at moto
-    with pytest.raises(TrailError, match="cannot list s3://no-such-bucket-kr/audit/.*NoSuchBucket"):
+    # the first request is the conditional-write probe's
+    with pytest.raises(TrailError, match=r"cannot write \.probe/\S+ in s3://no-such-bucket-kr/audit/.*NoSuchBucket"):
         open_trail("s3://no-such-bucket-kr/audit").append(body("run-1"))
 
 
@@ -371,3 +397,351 @@ def test_mlflow_server_proxies_artifacts_to_moto(moto: MotoServer, tmp_path: Pat
         assert client.get_run(run.info.run_id).data.params == {"seed": "0"}
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in moto.keys(bucket, "mlflow/"))
     assert server.process.proc.returncode is not None  # stopped
+
+
+# ------------------------------------------------------------------------------------------- the head and tails
+
+
+def cli(*args: str) -> Any:
+    """`kr <args>` in this process (CliRunner); `.output` holds stdout and stderr together."""
+    from typer.testing import CliRunner
+
+    from kr.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def flat(text: str) -> str:
+    """Output with line wrapping undone, so a long hash reads as one token."""
+    return " ".join(text.split())
+
+
+def rewrite_chain(folder: Path, start: int, change: Callable[[dict], None]) -> None:
+    """An insider's consistent rewrite: change record `start`, then re-hash and re-link it and every later record."""
+    previous = json.loads((folder / f"{start - 1:06d}.json").read_bytes())["record_hash"] if start > 1 else GENESIS
+    seq = start
+    while (folder / f"{seq:06d}.json").exists():
+        record = json.loads((folder / f"{seq:06d}.json").read_bytes())
+        if seq == start:
+            change(record)
+        record["previous_hash"] = previous
+        record["record_hash"] = record_hash(record)
+        rewrite(folder / f"{seq:06d}.json", canonical(record) + b"\n")
+        previous = record["record_hash"]
+        seq += 1
+
+
+def forget_hints(folder: Path) -> None:
+    """What a careful insider (or a trail written by older code) leaves: records only, no head hint, no run index."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and path.parent == folder and path.suffix == ".json":
+            continue
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink()
+
+
+def test_verify_prints_the_head_sequence_and_hash(trail: Trail) -> None:
+    entries = fill(trail)
+    report = trail.verify()
+    assert report.head_sequence == 3 and report.head_hash == entries[2]["record_hash"]
+    result = cli("audit", "verify", "--uri", trail.uri)
+    assert result.exit_code == 0, result.output
+    out = flat(result.output)
+    assert "3 record(s)" in out and "000003-run-3" in out and entries[2]["record_hash"] in out
+
+
+def test_a_cut_tail_fails_expect_head(trail: Trail, folder: Path) -> None:
+    entries = fill(trail)
+    head = f"3:{entries[2]['record_hash']}"
+    assert cli("audit", "verify", "--uri", trail.uri, "--expect-head", head).exit_code == 0
+    (folder / "000003.json").unlink()
+    forget_hints(folder)  # the insider also removes the head hint
+    assert trail.verify().ok  # the chain alone cannot see a cut tail
+    report = trail.verify(expect=[head])
+    assert not report.ok and report.sequence == 3 and "ends at 000002" in report.problem
+    result = cli("audit", "verify", "--uri", trail.uri, "--expect-head", head)
+    assert result.exit_code == 1 and "ends at 000002" in flat(result.output), result.output
+    # an older published record, by record_id and hash, is still present and intact
+    older = f"{entries[1]['record_id']}:{entries[1]['record_hash']}"
+    assert cli("audit", "verify", "--uri", trail.uri, "--expect-head", older).exit_code == 0
+
+
+def test_a_consistently_rewritten_chain_fails_expect_head(trail: Trail, folder: Path) -> None:
+    entries = fill(trail)
+    forget_hints(folder)
+
+    def improve(record: dict) -> None:
+        record["gates"]["accuracy"]["value"] = 0.99
+
+    rewrite_chain(folder, 2, improve)
+    assert trail.verify().ok  # re-hashed and re-linked: the chain alone is consistent
+    refs = [f"{e['sequence']}:{e['record_hash']}" for e in entries]
+    assert trail.verify(expect=refs[:1]).ok  # record 1 was not touched
+    report = trail.verify(expect=refs)
+    assert not report.ok and report.sequence == 2 and "expected" in report.problem
+    result = cli("audit", "verify", "--uri", trail.uri, "--expect-head", refs[2])
+    assert result.exit_code == 1 and "000003" in result.output, result.output
+    wrong_run = f"000003-run-9:{trail.records()[2]['record_hash']}"
+    assert not trail.verify(expect=[wrong_run]).ok
+
+
+def test_expect_head_syntax(trail: Trail) -> None:
+    from kr.governance.trail import RecordRef
+
+    fill(trail, 1)
+    digest = "a" * 64
+    assert RecordRef.parse(f"7:{digest}") == RecordRef(sequence=7, record_hash=digest)
+    ref = RecordRef.parse(f"000007-run:a=b@c:{digest}")  # a run id may hold ':' and '@': the hash is the last field
+    assert (ref.sequence, ref.record_id, ref.record_hash) == (7, "000007-run:a=b@c", digest)
+    for bad in ["", "7", f"x:{digest}", "7:abc", f"0:{digest}", f"7:{digest.upper()}x"]:
+        with pytest.raises(TrailError, match="SEQUENCE:HASH"):
+            RecordRef.parse(bad)
+    result = cli("audit", "verify", "--uri", trail.uri, "--expect-head", "7")
+    assert result.exit_code == 2 and "SEQUENCE:HASH" in result.output
+
+
+def test_the_head_hint_catches_a_careless_cut(trail: Trail, folder: Path) -> None:
+    fill(trail)
+    (folder / "000003.json").unlink()  # the hint still names record 3
+    report = trail.verify()
+    assert not report.ok and report.first_bad == "HEAD" and "000003" in report.problem
+    with pytest.raises(TrailError, match="HEAD"):
+        trail.append(body("run-4"))  # never chain onto a trail whose newest records are gone
+
+
+# ---------------------------------------------------------------------------------------------------- signing
+
+KEY = "k" * 32
+
+
+@pytest.fixture(autouse=True)
+def _no_audit_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("KR_AUDIT_HMAC_KEY", "KR_AUDIT_HMAC_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def key_id(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+def signature(secret: str, digest: str) -> str:
+    import hmac
+
+    return hmac.new(secret.encode(), digest.encode(), hashlib.sha256).hexdigest()
+
+
+def test_records_are_signed_when_a_key_is_set(trail: Trail, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY", KEY)
+    entries = fill(open_trail(str(folder)), 2)
+    stored = json.loads((folder / "000002.json").read_bytes())
+    assert stored["key_id"] == key_id(KEY)
+    assert stored["signature"] == signature(KEY, stored["record_hash"])
+    # the hash covers key_id (so a signed record cannot pass as unsigned) but not the signature made over it
+    assert stored["record_hash"] == record_hash(stored) == entries[1]["record_hash"]
+    assert record_hash({k: v for k, v in stored.items() if k != "signature"}) == stored["record_hash"]
+    report = open_trail(str(folder)).verify()
+    assert report.ok and report.signed == 2 and report.signatures_checked, report.summary()
+    result = cli("audit", "verify", "--uri", str(folder), "--require-signatures")
+    assert result.exit_code == 0 and "2 signed" in flat(result.output), result.output
+    with pytest.raises(TrailError, match="may not set signature"):
+        trail.append({**body("run-x"), "signature": "0" * 64})
+
+
+def test_key_file_from_a_mounted_secret(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "secret" / "hmac-key"
+    secret.parent.mkdir()
+    secret.write_text(KEY + "\n")  # `kubectl create secret --from-file` of an echoed key keeps the newline
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY_FILE", str(secret))
+    fill(open_trail(str(folder)), 1)
+    assert json.loads((folder / "000001.json").read_bytes())["key_id"] == key_id(KEY)
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY_FILE", str(tmp_path / "nowhere"))
+    with pytest.raises(TrailError, match="KR_AUDIT_HMAC_KEY_FILE"):
+        open_trail(str(folder)).append(body("run-2"))
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY_FILE", "")
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY", "short")
+    with pytest.raises(TrailError, match="at least 16 bytes"):
+        open_trail(str(folder)).append(body("run-2"))
+
+
+def test_an_insider_without_the_key_is_caught(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(open_trail(str(folder)), 1)  # record 1 predates signing: allowed unless signatures are required
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY", KEY)
+    signed = open_trail(str(folder))
+    signed.append(body("run-2"))
+    signed.append(body("run-3"))
+    assert signed.verify().ok
+    assert not signed.verify(require_signatures=True).ok
+    forget_hints(folder)
+    pristine = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+
+    def restore() -> None:
+        for name, data in pristine.items():
+            rewrite(folder / name, data)
+
+    def keep_signature(record: dict) -> None:  # re-hashed, old signature left in place
+        record["promoted"] = True
+
+    rewrite_chain(folder, 2, keep_signature)
+    report = signed.verify()
+    assert not report.ok and report.sequence == 2 and "signature" in report.problem
+
+    def strip(record: dict) -> None:  # signature and key_id removed, then re-hashed: an unsigned record
+        record["promoted"] = True
+        record.pop("signature")
+        record.pop("key_id")
+
+    restore()
+    rewrite_chain(folder, 3, strip)
+    report = signed.verify()
+    assert not report.ok and report.sequence == 3 and "unsigned" in report.problem
+
+    restore()
+    data = json.loads((folder / "000003.json").read_bytes())
+    del data["signature"]  # the hash still holds key_id: a stripped signature shows
+    rewrite(folder / "000003.json", canonical(data) + b"\n")
+    report = open_trail(str(folder), key=None).verify()  # even without the key
+    assert not report.ok and report.sequence == 3 and "signature" in report.problem
+
+    restore()
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY", "x" * 32)  # the wrong key
+    report = open_trail(str(folder)).verify()
+    assert not report.ok and report.sequence == 2 and key_id("x" * 32) in report.problem
+
+
+def test_a_signed_trail_refuses_unsigned_appends(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY", KEY)
+    fill(open_trail(str(folder)), 1)
+    monkeypatch.delenv("KR_AUDIT_HMAC_KEY")
+    with pytest.raises(TrailError, match="signed"):
+        open_trail(str(folder)).append(body("run-2"))
+
+
+def test_require_signatures_fails_an_unsigned_record(trail: Trail, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(trail, 2)
+    monkeypatch.setenv("KR_AUDIT_HMAC_KEY", KEY)
+    result = cli("audit", "verify", "--uri", trail.uri, "--require-signatures")
+    assert result.exit_code == 1 and "000001.json" in result.output and "unsigned" in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------- conditional writes
+
+
+class IgnoresConditions(FolderStore):
+    """A store that answers every conditional write with success and overwrites: the failure the probe catches."""
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.chmod(0o644)
+        path.write_bytes(data)
+        return True
+
+
+def test_a_store_ignoring_conditional_writes_is_refused(folder: Path) -> None:
+    trail = Trail(IgnoresConditions(folder))
+    with pytest.raises(TrailError, match=r"does not honour conditional writes \(If-None-Match\)"):
+        trail.append(body("run-1"))
+    assert not list(folder.glob("*.json"))  # refused before the first record
+
+
+# ------------------------------------------------------------------------------------------- O(1) appends
+
+
+class CountingStore:
+    """A FolderStore that counts the calls made to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.inner = FolderStore(root)
+        self.uri = self.inner.uri
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def test_an_append_reads_a_bounded_number_of_objects(folder: Path) -> None:
+    store = CountingStore(folder)
+    trail = Trail(store)
+    for i in range(1, 50):
+        trail.append(body(f"run-{i}"))
+    store.calls.clear()
+    assert trail.append(body("run-50"))["sequence"] == 50
+    assert store.calls.get("get", 0) <= 6 and store.calls.get("names", 0) == 0, store.calls
+    # a new process (a new Trail) costs the same, plus the conditional-write probe
+    store.calls.clear()
+    assert Trail(store).append(body("run-51"))["sequence"] == 51
+    assert store.calls.get("get", 0) <= 6 and store.calls.get("names", 0) == 0, store.calls
+    # and so does finding a run's record, or learning that a run has none
+    store.calls.clear()
+    assert trail.find("run-7")["sequence"] == 7 and trail.find("run-99") is None
+    assert store.calls.get("get", 0) <= 8 and store.calls.get("names", 0) == 0, store.calls
+    assert_chain(trail, 51)
+
+
+def test_a_trail_written_by_older_code_still_works(trail: Trail, folder: Path) -> None:
+    entries = fill(trail)
+    forget_hints(folder)
+    fresh = open_trail(str(folder))
+    assert fresh.find("run-2")["record_hash"] == entries[1]["record_hash"]
+    assert fresh.append(body("run-2")) == {**entries[1], "created": False}
+    assert fresh.append(body("run-4"))["sequence"] == 4
+    assert open_trail(str(folder)).append(body("run-3")) == {**entries[2], "created": False}
+    assert_chain(fresh, 4)
+
+
+def test_a_crash_between_record_and_index_is_repaired(trail: Trail, folder: Path) -> None:
+    fill(trail)
+    hint = (folder / "HEAD").read_bytes()
+    entry = trail.append(body("run-4"))
+    # as if the writer died right after creating record 4: no run index, the hint still at 3
+    (folder / "runs" / "run-4.json").unlink()
+    (folder / "HEAD").write_bytes(hint)
+    fresh = open_trail(str(folder))
+    assert fresh.find("run-4")["sequence"] == 4
+    assert fresh.append(body("run-4")) == {**entry, "created": False}
+    assert (folder / "runs" / "run-4.json").exists()
+    assert_chain(fresh, 4)
+
+
+# ---------------------------------------------------------------------------------------------- damaged records
+
+
+def test_show_a_record_missing_fields(trail: Trail, folder: Path) -> None:
+    fill(trail, 2)
+    record = json.loads((folder / "000002.json").read_bytes())
+    del record["record_hash"], record["promoted"]
+    rewrite(folder / "000002.json", canonical(record) + b"\n")
+    result = cli("audit", "show", "--uri", trail.uri)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    out = flat(result.output)
+    assert "000001-run-1" in out and "000002-run-2" in out  # what is there is still shown
+    assert "000002.json" in out and "missing record_hash" in out
+    as_json = cli("audit", "show", "--uri", trail.uri, "--json")
+    assert as_json.exit_code == 1 and '"run_id": "run-2"' in as_json.stdout
+
+
+def test_show_an_unreadable_record(trail: Trail, folder: Path) -> None:
+    fill(trail, 2)
+    rewrite(folder / "000001.json", b"{not json")
+    result = cli("audit", "show", "--uri", trail.uri)
+    assert result.exit_code == 1 and "000002-run-2" in result.output
+    assert "000001.json" in flat(result.output) and "not a JSON object" in flat(result.output)
+
+
+def test_verify_reports_a_bare_nan(trail: Trail, folder: Path) -> None:
+    fill(trail, 2)
+    data = (folder / "000002.json").read_bytes().replace(b'"value":0.81', b'"value":NaN')
+    rewrite(folder / "000002.json", data)
+    report = trail.verify()
+    assert not report.ok and report.first_bad == "000002.json" and "NaN" in report.problem
+    result = cli("audit", "verify", "--uri", trail.uri)
+    assert result.exit_code == 1 and "000002.json" in result.output

@@ -308,3 +308,50 @@ def test_unreadable_shard_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValidationFailed, match="not a readable shard"):
         validate_shard(tmp_path / "junk.npz", 2, CFG, tmp_path / "docs2")
+
+
+def test_hostile_shards_are_refused_before_inflating(tmp_path: Path) -> None:
+    """A zip bomb, a lying .npy header and an object member are refused from the zip directory and the headers,
+    with the memory of a few buffers; the report says why."""
+    import io
+    import tracemalloc
+    import zipfile
+
+    def npy(shape: tuple[int, ...], descr: str = "|u1", payload: bytes = b"") -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+        return buf.getvalue() + payload
+
+    small = {"gen_labels.npy": npy((4,), "<i8", bytes(32)), "teacher_logits.npy": npy((4, 2), "<f4", bytes(32))}
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("images.npy", "w", force_zip64=True) as f:  # (200000, 1, 28, 28) zeros: 150 MiB in ~150 KB
+            f.write(npy((200_000, 1, 28, 28)))
+            for _ in range(200_000 * 784 // 2**20):
+                f.write(bytes(2**20))
+            f.write(bytes(200_000 * 784 % 2**20))
+        for name, raw in small.items():
+            z.writestr(name, raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationFailed, match="not a readable shard.*compression ratio of 1,0"):
+            validate_shard(bomb, 2, CFG, tmp_path / "docs")
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert peak < 32, f"peak {peak:.0f} MiB for a refused bomb"  # the images alone would be 150 MiB
+
+    hostile = {
+        "liar.npz": ({"images.npy": npy((10**9, 1, 28, 28), payload=bytes(1024))}, "declares"),
+        "obj.npz": ({"images.npy": npy((4,), "|O", payload=b"\x80\x04N.")}, "object"),
+        "extra.npz": (
+            {"images.npy": npy((4, 1, 28, 28), payload=bytes(3136)), "x.npy": npy((1,), payload=b"\0")},
+            "unexpected member",
+        ),
+    }
+    for name, (members, word) in hostile.items():
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            for member, raw in {**small, **members}.items():
+                z.writestr(member, raw)
+        with pytest.raises(ValidationFailed, match=f"not a readable shard.*{word}"):
+            validate_shard(tmp_path / name, 2, CFG, tmp_path / f"docs-{name}")

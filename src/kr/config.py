@@ -1,7 +1,9 @@
 """One pydantic config object per step, one resolved `RunConfig` per run.
 
-Resolution order: built-in defaults < profile (`profiles/<name>.yaml`) < `--config FILE` < `--set KEY=VALUE`.
-Unknown keys are errors, so a misspelled override can never be silently ignored.
+Resolution order: built-in defaults < profile (`profiles/<name>.yaml`) < `--config FILE` < `--set KEY=VALUE` (the
+run request's own fields, e.g. `kr run --audit-uri`, come last: `kr.run.request.resolve_request`).
+Unknown keys are errors, so a misspelled override can never be silently ignored; so are non-finite numbers, URIs
+with credentials in them and registered model names that are not plain names.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PROFILES = ("smoke", "laptop", "cpu", "gpu")
 # the one default profile, for every entry point (kr run, kr submit, kr schedule, the pipeline's parameter)
@@ -23,13 +26,111 @@ DEFAULT_PROFILE = "laptop"
 
 
 class ConfigError(ValueError):
-    """A bad profile, config file or override; the message says which key and why."""
+    """A bad profile, config file or override; the message says which key and why (never a credential)."""
+
+
+# what MLflow's registry, its search filters and the serving side take without quoting
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# a query (or fragment) parameter whose name holds one of these carries a credential (token, api_key,
+# X-Amz-Signature, X-Amz-Credential, sig, password, passwd, pwd, auth, client_secret, ...)
+CREDENTIAL_WORDS = ("token", "key", "secret", "pass", "pwd", "sig", "credential", "auth")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # as kr.governance.trail.stores.BUCKET
+REDACTED = "***"
+
+
+def _credential_param(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in CREDENTIAL_WORDS)
+
+
+def _redact_params(text: str) -> str:
+    pairs = parse_qsl(text, keep_blank_values=True)
+    if not pairs:
+        return text
+    return "&".join(f"{k}={REDACTED}" if _credential_param(k) else f"{k}={v}" for k, v in pairs)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its user information and the values of credential-like query and fragment parameters replaced by
+    ***, e.g. s3://***@bucket/prefix or http://host/?token=***. A URI that cannot be parsed comes back as ***."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, _redact_params(parts.query), _redact_params(parts.fragment)))
+
+
+def check_no_credentials(key: str, uri: str) -> None:
+    """Refuse a URI that carries a credential: user information (user:password@ or token@) or a query or fragment
+    parameter whose name looks like one (`CREDENTIAL_WORDS`). Such a URI would be copied into MLflow params and
+    tags, console lines, failure notes and the immutable audit trail. Raises ValueError, whose message names `key`
+    and shows the URI redacted (`redact_uri`), never the credential."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise ValueError(f"{key}: not a valid URI ({redact_uri(uri)})") from None
+    params = parse_qsl(parts.query, keep_blank_values=True) + parse_qsl(parts.fragment, keep_blank_values=True)
+    if "@" in parts.netloc or any(_credential_param(name) for name, _ in params):
+        raise ValueError(
+            f"{key} {redact_uri(uri)}: credentials in a URI are refused (they would be written to logs, MLflow and "
+            "the audit trail); set them in the environment instead: MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN for MLflow, AWS_* for S3"
+        )
+
+
+def check_audit_uri(uri: str) -> None:
+    """The audit trail's location as `kr.governance.trail.open_trail` takes it, checked without opening anything:
+    a folder path, file:///path (local) or s3://bucket/prefix (a valid bucket name, no query or fragment). Raises
+    ValueError naming audit.uri (credentials refused first, never echoed)."""
+    text = uri.strip()
+    if not text:
+        raise ValueError("audit.uri is empty: give a folder, file:///path or s3://bucket/prefix (or null: no trail)")
+    check_no_credentials("audit.uri", text)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        return
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"audit.uri {text!r}: a file:// URI must be local (file:///path)")
+        return
+    if scheme != "s3":
+        raise ValueError(
+            f"audit.uri {text!r}: unsupported scheme {scheme!r}; use a folder, file:///path or s3://bucket/prefix"
+        )
+    if not parts.netloc:
+        raise ValueError(f"audit.uri {text!r} names no bucket: use s3://bucket/prefix")
+    if not S3_BUCKET.match(parts.netloc):
+        raise ValueError(f"audit.uri {text!r}: {parts.netloc!r} is not a valid S3 bucket name")
+    if parts.query or parts.fragment:
+        raise ValueError(f"audit.uri {redact_uri(text)!r}: an S3 location takes no query or fragment")
+
+
+def check_model_name(name: str, key: str = "tracking.model_name") -> None:
+    """Refuse a registered model name that is not 1-128 letters, digits, '.', '_' or '-' starting with a letter or
+    digit (it is matched in MLflow search filters and used in URIs). Raises ValueError naming `key`."""
+    if not MODEL_NAME.match(name):
+        raise ValueError(
+            f"{key} {name!r} is not a valid registered model name: 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def _unique(key: str, values: list) -> list:
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{key} names {', '.join(twice)} twice")
+    return values
 
 
 class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors and assignments are validated too."""
+    """Base of every config section: unknown keys are errors, assignments are validated too, and a float must be
+    finite (nan or inf would slip past every bound: nan compares false with all of them)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -44,6 +145,24 @@ class DataConfig(Strict):
     )
     download: bool = Field(
         False, description="download a missing MedMNIST file (medmnist checks its MD5); custom .npz paths never are"
+    )
+    # Bounds checked from the zip directory and the .npy headers before anything is decompressed (kr.data.NpzLimits).
+    # The defaults fit every 2-D MedMNIST file at 28x28: the largest, PathMNIST, is ~206 MB on disk, 212 MB for
+    # train_images and 252 MB for all its arrays, stored at a compression ratio near 1.1.
+    max_file_mb: float = Field(1024, gt=0, description="largest .npz file accepted, on disk (MB = 2**20 bytes)")
+    max_array_mb: float = Field(
+        1024, gt=0, description="largest single array accepted, as its .npy header declares it (shape x itemsize, MB)"
+    )
+    max_total_mb: float = Field(
+        2048,
+        gt=0,
+        description="largest total of the file's arrays accepted, decompressed (MB): the memory a load needs",
+    )
+    max_compression_ratio: float = Field(
+        100,
+        ge=1,
+        description="largest ratio of the arrays' decompressed bytes to the file's bytes (zip bombs), checked once the "
+        "arrays exceed 64 MB",
     )
 
 
@@ -128,9 +247,16 @@ class GeneratorConfig(Strict):
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the UNet for training; auto: on CUDA only (minutes to compile on a CPU)"
     )
+    resume: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: resume from the output folder's newest intact checkpoint, and refuse a folder whose "
+        "generator had other settings or data; never: delete the folder's checkpoints and train from step 0",
+    )
 
     @model_validator(mode="after")
     def _levels_match(self) -> GeneratorConfig:
+        if not self.block_out_channels or min(self.block_out_channels) < 1:
+            raise ValueError("generator.block_out_channels needs at least one level, each with >= 1 channel")
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError("generator.attention_levels needs one entry per generator.block_out_channels entry")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
@@ -165,6 +291,7 @@ class SelectionConfig(Strict):
     checkpoints: int = Field(3, ge=1, description="how many of the latest kept checkpoints to score")
     guidance_scales: list[float] = Field(
         default_factory=lambda: [1.0, 2.0],
+        min_length=1,
         description="classifier-free guidance scales tried with each checkpoint; each >= 1 (1 = no guidance)",
     )
     images_per_class: int = Field(150, ge=1, description="synthetic images per class drawn for each cell")
@@ -206,7 +333,10 @@ class GKDConfig(Strict):
         "(Hinton et al. 2015)",
     )
     guidance_scale: float | None = Field(
-        None, description="classifier-free guidance scale of regeneration; None: the scale chosen by selection"
+        None,
+        ge=1,
+        description="classifier-free guidance scale of regeneration, >= 1 (1 = no guidance); None: the scale chosen "
+        "by selection",
     )
     student: ClassifierConfig = Field(
         default_factory=ClassifierConfig,
@@ -215,12 +345,21 @@ class GKDConfig(Strict):
     )
 
 
-class NaiveConfig(Strict):
-    """The naive-CAS baseline: the student's architecture, one fixed synthetic set, hard generator labels."""
+def _refuse_switch(data: Any, key: str, why: str) -> Any:
+    if isinstance(data, dict) and "enabled" in data:
+        raise ValueError(f"{key} is not a setting: {why}; remove the key")
+    return data
 
-    enabled: bool = Field(
-        True, description="declared switch; no step reads it yet (the pipelines always train the naive baseline)"
-    )
+
+class NaiveConfig(Strict):
+    """The naive-CAS baseline: the student's architecture, one fixed synthetic set, hard generator labels. It always
+    runs (the report compares the student with it), so there is no switch: `naive.enabled` is refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_switch(cls, data: Any) -> Any:
+        return _refuse_switch(data, "naive.enabled", "the naive baseline always runs (the report compares with it)")
+
     epochs: int = Field(20, ge=1, description="training epochs of the naive baseline (replaces gkd.student.epochs)")
 
 
@@ -228,13 +367,19 @@ ATTACKS = ("loss", "shadow", "lira_offline", "lira_online", "rmia")
 
 
 class PrivacyConfig(Strict):
-    """Membership inference against teacher and student, and the generator's memorisation check."""
+    """Membership inference against teacher and student, and the generator's memorisation check. The audit always
+    runs (the privacy gates need it), so there is no switch: `privacy.enabled` is refused."""
 
-    enabled: bool = Field(
-        True, description="declared switch; no step reads it yet (the pipelines always run the privacy audit)"
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _no_switch(cls, data: Any) -> Any:
+        return _refuse_switch(
+            data, "privacy.enabled", "the privacy audit cannot be disabled (the privacy gates need it)"
+        )
+
     attacks: list[Literal["loss", "shadow", "lira_offline", "lira_online", "rmia"]] = Field(
         default_factory=lambda: list(ATTACKS),
+        min_length=1,
         description="membership inference attacks run on every audited model (kr.privacy.mia)",
     )
     reference_models: int = Field(8, ge=2, description="K models of the teacher's recipe, each on a random half")
@@ -261,6 +406,7 @@ class PrivacyConfig(Strict):
     reference: ClassifierConfig | None = Field(None, description="None: the teacher's architecture and recipe")
     nonmember_splits: list[Literal["val", "test"]] = Field(
         default_factory=lambda: ["val", "test"],
+        min_length=1,
         description="where non-members come from; they must share the members' distribution, so a split with a "
         "domain shift (PneumoniaMNIST's test split) is left out (max_domain_shift_auc)",
     )
@@ -274,6 +420,16 @@ class PrivacyConfig(Strict):
         description="fraction: a near copy is closer to a training image than this quantile of real held-out "
         "images' distances to training images",
     )
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks_once(cls, value: list[str]) -> list[str]:
+        return _unique("privacy.attacks", value)
+
+    @field_validator("nonmember_splits")
+    @classmethod
+    def _splits_once(cls, value: list[str]) -> list[str]:
+        return _unique("privacy.nonmember_splits", value)
 
 
 class CanaryConfig(Strict):
@@ -457,20 +613,34 @@ class TrackingConfig(Strict):
 
     @field_validator("uri", "artifact_location")
     @classmethod
-    def _no_credentials(cls, value: str | None) -> str | None:
-        # a URI's user:password would end up in params, tags and logs: credentials come from the environment only
-        if value and "@" in urlsplit(value).netloc:
-            raise ValueError(
-                "credentials in a URI are refused; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
-                "(or AWS_* for S3) in the environment instead"
-            )
+    def _no_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # a URI's credentials would end up in params, tags, logs and the trail: they come from the environment only
+        if value:
+            check_no_credentials(f"tracking.{info.field_name}", value)
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_model_name(value)
         return value
 
 
 class AuditConfig(Strict):
     """Where each run's audit record (outcome, inputs, verdicts) is appended."""
 
-    uri: str | None = Field(None, description="audit trail: a folder or s3://bucket/prefix; None: no trail")
+    uri: str | None = Field(
+        None,
+        description="audit trail: a folder, file:///path or s3://bucket/prefix (no credentials); None: no trail",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _trail_location(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_audit_uri(value)
+        return value
 
 
 class RunMeta(Strict):
@@ -548,8 +718,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        # neither the value nor YAML's excerpt of it: it may hold a credential
+        raise ConfigError(f"--set {key.strip()}=...: the value is not valid YAML ({_yaml_problem(exc)})") from None
     return key.strip().split("."), value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What YAML found wrong and where, without its excerpt of the text (which may hold a credential)."""
+    problem = getattr(exc, "problem", None) or "cannot be parsed"
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -578,22 +756,100 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file ({} when the file is empty).
+def read_config_text(path: Path) -> str:
+    """The text of a config file, read as UTF-8.
 
-    Raises ConfigError when the file is missing, is not valid YAML, or holds something else than a mapping.
+    Raises ConfigError when the file is missing, cannot be read (a folder, no permission) or is not UTF-8 text.
     """
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?): bad byte at {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+
+
+def parse_config_text(text: str, source: str) -> dict[str, Any]:
+    """The top-level mapping of YAML config text ({} when empty); `source` names it in messages.
+
+    Raises ConfigError when the text is not valid YAML or holds something else than a mapping.
+    """
+    try:
+        values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{source} must hold a mapping (KEY: VALUE) at the top level, not {type(values).__name__}")
     return values
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file ({} when the file is empty).
+
+    Raises ConfigError when the file is missing, unreadable, not UTF-8 text, not valid YAML, or holds something
+    else than a mapping.
+    """
+    return parse_config_text(read_config_text(path), f"config file {path}")
+
+
+def merged_values(
+    profile: str,
+    file_values: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The unvalidated values of `base` < the profile < `file_values` < `KEY=VALUE` overrides.
+
+    Raises ConfigError for an unknown profile or a bad override.
+    """
+    values = deep_merge(base or {}, profile_values(profile))
+    values = deep_merge(values, file_values or {})
+    for item in overrides or []:
+        path, value = parse_override(item)
+        set_dotted(values, path, value)
+    return values
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """Every failing key and why, from pydantic's messages only: never the input value (it may be a credential)."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' messages start with the key themselves
+        problems.append(msg if msg.startswith(f"{key} ") else f"{key}: {msg}")
+    return "; ".join(problems)
+
+
+def validate_config(values: dict[str, Any], what: str) -> RunConfig:
+    """`values` validated strictly as a RunConfig, with the checks that need the whole config: the registered model
+    name derived from the dataset must be a valid name (`check_model_name`), and a dataset or data root given as a
+    URI carries no credentials. `what` starts the message (e.g. "invalid configuration (profile smoke)").
+
+    Raises ConfigError listing every failing key.
+    """
+    try:
+        cfg = RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"{what}: {validation_problems(exc)}") from None
+    problems = []
+    for key, value in (("data.dataset", cfg.data.dataset), ("data.data_root", cfg.data.data_root)):
+        if value and "://" in value:
+            try:
+                check_no_credentials(key, value)
+            except ValueError as exc:
+                problems.append(str(exc))
+    if cfg.tracking.model_name is None:
+        try:
+            check_model_name(cfg.model_name, "tracking.model_name, derived from data.dataset,")
+        except ValueError as exc:
+            problems.append(f"{exc}; set tracking.model_name (--model-name)")
+    if problems:
+        raise ConfigError(f"{what}: {'; '.join(problems)}")
+    return cfg
 
 
 def resolve_config(
@@ -602,21 +858,12 @@ def resolve_config(
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Built-in defaults < `base` < the profile < the file < `KEY=VALUE` overrides, validated strictly.
+    """Built-in defaults < `base` < the profile < the file < `KEY=VALUE` overrides, validated strictly
+    (`validate_config`).
 
     Raises ConfigError for an unknown profile, a bad file or override, or values that fail validation (the message
-    lists every failing key).
+    lists every failing key, never a credential).
     """
-    values = deep_merge(base or {}, profile_values(profile))
-    if config_file is not None:
-        values = deep_merge(values, load_config_file(config_file))
-    for item in overrides or []:
-        path, value = parse_override(item)
-        set_dotted(values, path, value)
-    try:
-        return RunConfig.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration (profile {profile}): {problems}") from exc
+    file_values = load_config_file(config_file) if config_file is not None else None
+    values = merged_values(profile, file_values, overrides, base)
+    return validate_config(values, f"invalid configuration (profile {profile})")

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import medmnist
 import numpy as np
 from medmnist.info import DEFAULT_ROOT, INFO
+
+from kr.config import DataConfig
 
 SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels"))
@@ -52,7 +57,7 @@ class DatasetInfo:
 @dataclass(eq=False)  # array fields make generated __eq__ meaningless
 class Dataset:
     """A validated dataset: images uint8 (N, C, 28, 28) channels-first, labels int64 (N,) in [0, n_classes), per
-    split; every class has at least one training image."""
+    split; every class has at least one training image. `limits`: the NpzLimits it was read under (None: defaults)."""
 
     info: DatasetInfo
     x_train: np.ndarray  # uint8 (N, C, 28, 28)
@@ -61,6 +66,7 @@ class Dataset:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    limits: NpzLimits | None = None  # the limits it was read under: a saved reference is re-read under them
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of split 'train', 'val' or 'test'. Raises DataError for another name."""
@@ -132,23 +138,228 @@ def download_dataset(flag: str, data_root: str | Path | None) -> Path:
     return path
 
 
-def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The required arrays that are present, and the names of the missing ones."""
+MB = 1 << 20
+# Below this many decompressed bytes a high compression ratio costs little memory, and label arrays (a few
+# distinct values, often sorted) legitimately compress 100x and more.
+_RATIO_FLOOR = 64 * MB
+_MAX_HEADER = 10_000  # numpy's own cap on a .npy header; a bigger one is refused before it is parsed
+# The zip directory is parsed in full when the archive is opened, at ~10x its size in memory: six members need
+# under 1 KB of it, so a bigger one is a crafted file, refused before zipfile reads it.
+_MAX_DIRECTORY = 64 * 1024
+_MAX_MEMBERS = 64
+# What a member may hold. Object arrays are refused whatever the kind: reading them means unpickling.
+_KINDS = {
+    "images": ("uint8", lambda dt: dt == np.uint8),
+    "labels": ("an integer dtype", lambda dt: dt.kind in "iu"),
+    "numeric": ("a numeric dtype (bool, integer or float)", lambda dt: dt.kind in "biuf"),
+}
+MEDMNIST_MEMBERS = {k: "images" if k.endswith("_images") else "labels" for k in KEYS}
+
+
+@dataclass(frozen=True)
+class NpzLimits:
+    """Bounds on reading a .npz, checked from its zip directory and .npy headers before any member is decompressed.
+
+    Sizes are in MB (2**20 bytes). max_file_mb: the file on disk. max_array_mb: one array as its header declares it
+    (prod(shape) x itemsize). max_total_mb: all its arrays together. max_compression_ratio: the arrays' declared
+    bytes over the file's bytes, checked once they exceed 64 MB. `DataConfig` holds the same fields; `of` reads them.
+    """
+
+    max_file_mb: float
+    max_array_mb: float
+    max_total_mb: float
+    max_compression_ratio: float
+
+    @classmethod
+    def of(cls, cfg: DataConfig | None = None) -> NpzLimits:
+        """The limits a `DataConfig` sets (its defaults when None)."""
+        cfg = DataConfig() if cfg is None else cfg
+        return cls(**{f.name: float(getattr(cfg, f.name)) for f in fields(cls)})
+
+
+def _mb(n: float) -> str:
+    return f"{n / MB:,.1f} MB"
+
+
+def _too_big(path: Path, what: str, size: int, field: str, limit: float) -> DataError:
+    return DataError(
+        f"{path}: {what} is {_mb(size)}, over the {limit:g} MB limit (data.{field}). If the file is trusted, raise "
+        f"it: --set data.{field}=<MB> (DataConfig.{field})"
+    )
+
+
+def _directory(path: Path, f: BinaryIO, members: Mapping[str, str]) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """Open the zip directory (nothing decompressed) and check its entries: only `members` as .npy, each once,
+    stored or deflated, not encrypted."""
     unreadable = f"{path}: is not a readable .npz (truncated or not a zip archive)"
-    # np.load would treat a non-zip file as a pickle and report a misleading pickle error
-    if not zipfile.is_zipfile(path):
-        raise DataError(unreadable)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            present = set(npz.files)
-            arrays = {k: npz[k] for k in KEYS if k in present}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise DataError(f"{path}: holds object (pickled) arrays, which are refused for safety") from e
+        end = zipfile._EndRecData(f)  # the end-of-directory record: where zipfile learns the directory's size
+    except OSError as e:
         raise DataError(f"{unreadable}: {e}") from e
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as e:
+    if end is None:  # np.load would treat a non-zip file as a pickle and report a misleading pickle error
+        raise DataError(unreadable)
+    if end[zipfile._ECD_SIZE] > _MAX_DIRECTORY or end[zipfile._ECD_ENTRIES_TOTAL] > _MAX_MEMBERS:
+        raise DataError(
+            f"{path}: zip directory of {end[zipfile._ECD_ENTRIES_TOTAL]} entries in {end[zipfile._ECD_SIZE]:,} bytes; "
+            f"a .npz in this layout holds only {', '.join(members)} (refused unread)"
+        )
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
         raise DataError(f"{unreadable}: {e}") from e
-    return arrays, [k for k in KEYS if k not in arrays]
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    expected = {f"{k}.npy": k for k in members}
+    for info in infos:
+        if info.filename not in expected:
+            raise DataError(
+                f"{path}: unexpected member {info.filename!r}; a .npz in this layout holds only "
+                + ", ".join(f"{k}.npy" for k in members)
+            )
+        if names.count(info.filename) > 1:
+            raise DataError(f"{path}: member {info.filename!r} appears {names.count(info.filename)} times")
+        if info.flag_bits & 0x1:
+            raise DataError(f"{path}: member {info.filename!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise DataError(
+                f"{path}: member {info.filename!r} uses zip compression method {info.compress_type}; "
+                "only stored or deflated members (what np.savez and np.savez_compressed write) are read"
+            )
+    return zf, infos
+
+
+def _header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and header length of a member, from its .npy header alone (a few hundred bytes inflated)."""
+    try:
+        with zf.open(info) as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_HEADER)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_HEADER)
+            else:  # 3.0 only adds utf-8 field names, i.e. structured dtypes, which no member may have
+                raise ValueError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
+            return shape, dtype, fp.tell()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DataError(f"{path}: key '{info.filename[:-4]}' is not readable (truncated or corrupt member: {e})") from e
+    except (ValueError, SyntaxError) as e:  # what numpy raises for a malformed header
+        raise DataError(f"{path}: key '{info.filename[:-4]}' has no valid .npy header ({e})") from e
+
+
+def _check_member(path: Path, key: str, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype.hasobject:
+        raise DataError(
+            f"{path}: key '{key}' has dtype {dtype}: object (pickled) arrays are refused for safety, "
+            "unpickling can run code"
+        )
+    wanted, ok = _KINDS[kind]
+    if dtype.names is not None or dtype.subdtype is not None or not ok(dtype):
+        raise DataError(f"{path}: key '{key}' has dtype {dtype}; expected {wanted}")
+    if any(d < 0 for d in shape):
+        raise DataError(f"{path}: key '{key}' declares the impossible shape {shape}")
+
+
+SHARD_KEYS = ("images", "gen_labels", "teacher_logits")
+# Shards are the pipeline's own output, sized by the gkd config (a large set's can pass a GB), so their sizes are
+# capped loosely; the checks that stop a zip bomb or a lying .npy header (compression ratio, header against zip
+# directory, numeric dtypes only) apply in full.
+SHARD_LIMITS = NpzLimits(max_file_mb=16384, max_array_mb=16384, max_total_mb=16384, max_compression_ratio=100)
+
+
+def read_shard(path: str | Path) -> dict[str, np.ndarray]:
+    """A regeneration shard's arrays (SHARD_KEYS present in the file), read bounded under SHARD_LIMITS: images uint8
+    (N, C, H, W), gen_labels int (N,), teacher_logits float32 (N, K). Raises DataError as `read_npz` does."""
+    return read_npz(path, dict.fromkeys(SHARD_KEYS, "numeric"), SHARD_LIMITS)[0]
+
+
+def read_npz(
+    path: str | Path,
+    members: Mapping[str, str],
+    limits: NpzLimits | None = None,
+    verify: Callable[[str], None] | None = None,
+) -> tuple[dict[str, np.ndarray], str]:
+    """Read a .npz with bounded memory: (the arrays of `members` present, keyed without .npy; MD5 hex of the file).
+
+    members: key -> kind, 'images' (uint8), 'labels' (integer) or 'numeric' (bool, integer, float); missing keys
+    are simply absent from the result. In order, before any array exists: the file size (`limits.max_file_mb`);
+    the zip directory (only these members, each once, stored or deflated, not encrypted); the MD5 of the file's
+    bytes, streamed, handed to `verify` (which raises to refuse); then every member's .npy header: dtype of its
+    kind and never object, declared bytes (prod(shape) x itemsize) within `max_array_mb`, header plus data equal to
+    the size the zip directory gives (so inflating stops there), all arrays within `max_total_mb`, and their bytes
+    over the file's within `max_compression_ratio`. Only then are the arrays read, each at its declared size.
+
+    Raises DataError, naming the file, the member and the limit (with the setting that raises it), for every
+    refusal, an unreadable file or member, and a MemoryError while reading. The file is only read, never changed.
+    """
+    path = Path(path)
+    limits = NpzLimits.of() if limits is None else limits
+    try:
+        with open(path, "rb") as f:  # one handle throughout: the bytes hashed are the bytes read
+            return _read_open(path, f, members, limits, verify)
+    except OSError as e:  # zipfile and numpy errors are DataErrors by now: this is the file system's
+        raise DataError(f"{path}: cannot be read ({e})") from e
+
+
+def _read_open(
+    path: Path, f: BinaryIO, members: Mapping[str, str], limits: NpzLimits, verify: Callable[[str], None] | None
+) -> tuple[dict[str, np.ndarray], str]:
+    size = os.fstat(f.fileno()).st_size
+    if size > limits.max_file_mb * MB:
+        raise _too_big(path, "the file", size, "max_file_mb", limits.max_file_mb)
+    zf, infos = _directory(path, f, members)
+    with zf:
+        f.seek(0)
+        h = hashlib.md5()
+        for chunk in iter(lambda: f.read(MB), b""):
+            h.update(chunk)
+        md5 = h.hexdigest()
+        if verify is not None:
+            verify(md5)
+        declared: dict[str, tuple[zipfile.ZipInfo, tuple[int, ...], np.dtype]] = {}
+        total = 0
+        for info in infos:
+            key = info.filename[:-4]  # _directory let through only '<key>.npy' names
+            shape, dtype, header_len = _header(path, zf, info)
+            _check_member(path, key, members[key], shape, dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > limits.max_array_mb * MB:
+                what = f"key '{key}' ({shape} {dtype}, as its .npy header declares)"
+                raise _too_big(path, what, nbytes, "max_array_mb", limits.max_array_mb)
+            if info.file_size != header_len + nbytes:
+                raise DataError(
+                    f"{path}: key '{key}': its .npy header declares shape {shape} {dtype}, {header_len + nbytes:,} "
+                    f"bytes with the header, but the zip directory gives {info.file_size:,}; the file is corrupt "
+                    "or crafted"
+                )
+            total += nbytes
+            declared[key] = (info, shape, dtype)
+        if total > limits.max_total_mb * MB:
+            raise _too_big(path, "the arrays' total, decompressed,", total, "max_total_mb", limits.max_total_mb)
+        if total > _RATIO_FLOOR and total > limits.max_compression_ratio * size:
+            raise DataError(
+                f"{path}: its arrays declare {_mb(total)} from a {size:,}-byte file, a compression ratio of "
+                f"{total / max(size, 1):,.0f}, over the limit of {limits.max_compression_ratio:g} "
+                "(data.max_compression_ratio; a zip bomb?). If the file is trusted, raise it: "
+                "--set data.max_compression_ratio=<ratio> (DataConfig.max_compression_ratio)"
+            )
+        return {k: _read_member(path, zf, *declared[k]) for k in members if k in declared}, md5
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """One member's array; zipfile inflates at most the directory's size, checked equal to what the header needs."""
+    where = f"{path}: key '{info.filename[:-4]}'"
+    try:
+        with zf.open(info) as fp:
+            array = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=_MAX_HEADER)
+    except MemoryError as e:
+        raise DataError(
+            f"{where}: not enough memory for its {_mb(math.prod(shape) * dtype.itemsize)} ({shape} {dtype})"
+        ) from e
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{where} is not readable (truncated or corrupt member: {e})") from e
+    if array.shape != tuple(shape) or array.dtype != dtype:  # the header was read twice: they must agree
+        raise DataError(f"{where}: read as {array.shape} {array.dtype}, declared {shape} {dtype}")
+    return array
 
 
 def _check_images(path: Path, arrays: dict[str, np.ndarray]) -> int:
@@ -229,14 +440,18 @@ def _missing_message(path: Path, flag: str | None) -> str:
     )
 
 
-def load_dataset(dataset: str, data_root: str | Path | None = None, download: bool = False) -> Dataset:
+def load_dataset(
+    dataset: str, data_root: str | Path | None = None, download: bool = False, *, limits: NpzLimits | None = None
+) -> Dataset:
     """Load and validate a MedMNIST flag or a custom .npz; images become (N, C, 28, 28) uint8.
 
-    The file needs {train,val,test}_{images,labels}: uint8 (N, 28, 28) or (N, 28, 28, 3) images, integer (N,) or
-    (N, 1) labels. With `download`, a missing MedMNIST file is fetched first. Raises DataError, naming the file and
-    the problem, for a missing or unreadable file, pickled arrays, an MD5 or INFO mismatch (MedMNIST flags), a
-    missing key, a wrong dtype or shape, a multi-label task, labels out of range, fewer than two classes, or a
-    class without a training image.
+    The file needs {train,val,test}_{images,labels} and nothing else: uint8 (N, 28, 28) or (N, 28, 28, 3) images,
+    integer (N,) or (N, 1) labels. With `download`, a missing MedMNIST file is fetched first. `limits` (default:
+    `DataConfig`'s; pass `NpzLimits.of(cfg.data)`) bound the reading, see `read_npz`: a MedMNIST file's MD5 is
+    checked on its bytes before anything is decompressed. Raises DataError, naming the file and the problem, for a
+    missing or unreadable file, an unexpected member, object (pickled) arrays, a limit exceeded, a header that
+    disagrees with the zip directory, an MD5 or INFO mismatch (MedMNIST flags), a missing key, a wrong dtype or
+    shape, a multi-label task, labels out of range, fewer than two classes, or a class without a training image.
     """
     path = dataset_path(dataset, data_root)
     flag = None if _is_path(dataset) else path.stem
@@ -247,13 +462,20 @@ def load_dataset(dataset: str, data_root: str | Path | None = None, download: bo
     if not path.is_file():
         raise DataError(_missing_message(path, flag))
 
-    arrays, missing = _read_npz(path)
-    md5 = file_md5(path)
-    if flag is not None and md5 != INFO[flag]["MD5"]:
-        raise DataError(
-            f"{path}: MD5 mismatch for {flag}: expected {INFO[flag]['MD5']}, got {md5}; "
-            "the file is corrupt or not the official one, re-download it (--download after deleting it)"
-        )
+    def official(md5: str) -> None:
+        if md5 != INFO[flag]["MD5"]:
+            raise DataError(
+                f"{path}: MD5 mismatch for {flag}: expected {INFO[flag]['MD5']}, got {md5}; "
+                "the file is corrupt or not the official one, re-download it (--download after deleting it)"
+            )
+
+    return _load(path, flag, NpzLimits.of() if limits is None else limits, official if flag else None)
+
+
+def _load(path: Path, flag: str | None, limits: NpzLimits, verify: Callable[[str], None] | None) -> Dataset:
+    """Read (bounded, `verify` given the file's MD5 first) and validate the file at path."""
+    arrays, md5 = read_npz(path, MEDMNIST_MEMBERS, limits, verify)
+    missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing keys {', '.join(missing)}; expected all of {', '.join(KEYS)}")
 
@@ -287,7 +509,8 @@ def load_dataset(dataset: str, data_root: str | Path | None = None, download: bo
         n_val=len(labels["val"]),
         n_test=len(labels["test"]),
     )
-    return Dataset(info, images("train"), labels["train"], images("val"), labels["val"], images("test"), labels["test"])
+    x_train, x_val, x_test = images("train"), images("val"), images("test")
+    return Dataset(info, x_train, labels["train"], x_val, labels["val"], x_test, labels["test"], limits)
 
 
 def save_dataset(data: Dataset, folder: str | Path) -> Path:
@@ -299,25 +522,31 @@ def save_dataset(data: Dataset, folder: str | Path) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "info.json").write_text(json.dumps(data.info.to_dict(), indent=2))
+    reference = data.info.to_dict()
+    if data.limits is not None:  # later steps re-read the file under the limits it was validated with
+        reference["read_limits"] = asdict(data.limits)
+    (folder / "info.json").write_text(json.dumps(reference, indent=2))
     return folder
 
 
 def load_saved_dataset(folder: str | Path) -> Dataset:
-    """The validated dataset a `save_dataset` reference names, read again from its file.
+    """The validated dataset a `save_dataset` reference names, read again from its file under the same limits.
 
     Raises DataError when the file is gone or its MD5 differs from the validated one (it changed after
-    validation: the run must not train on data nobody checked).
+    validation: the run must not train on data nobody checked); the MD5 is checked before anything is decompressed.
     """
     folder = Path(folder)
     values = json.loads((folder / "info.json").read_text())
+    limits = NpzLimits(**values.pop("read_limits")) if "read_limits" in values else None
     values["class_names"] = tuple(values["class_names"])
     info = DatasetInfo(**values)
     path = Path(info.path)
     if not path.is_file():
         raise DataError(f"{path}: the validated data file is gone (validated MD5 {info.md5})")
-    md5 = file_md5(path)
-    if md5 != info.md5:
-        raise DataError(f"{path}: the file changed after validation (MD5 {md5}, validated {info.md5}); run again")
-    loaded = load_dataset(str(path))
+
+    def unchanged(md5: str) -> None:
+        if md5 != info.md5:
+            raise DataError(f"{path}: the file changed after validation (MD5 {md5}, validated {info.md5}); run again")
+
+    loaded = _load(path, None, NpzLimits.of() if limits is None else limits, unchanged)
     return replace(loaded, info=info)

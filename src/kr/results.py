@@ -112,6 +112,9 @@ class GeneratorResult(StepResult):
     loss_curve: list[list[float]] = Field(default_factory=list, description="[step, mean loss] per 50-step window")
     train_s: float = Field(description="training time of this execution, seconds")
     checkpoints: list[str] = Field(default_factory=list, description="kept EMA checkpoints, oldest first")
+    skipped_checkpoints: list[str] = Field(
+        default_factory=list, description="damaged checkpoints resume passed over (and deleted), newest first"
+    )
     workspace: str = Field("", description="the resumable work folder the checkpoints were trained in")
 
 

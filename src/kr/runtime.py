@@ -6,13 +6,20 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
+import math
 import os
 import random
 import resource
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def seed_everything(seed: int) -> None:
@@ -27,11 +34,86 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def configure_threads() -> None:
-    """Set torch's intra-op threads to the CPUs this process may run on (its affinity, else the CPU count)."""
-    # A KFP container or a laptop: use the cores we were given, not the host's count.
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT) -> int | None:
+    """The CPU quota of the cgroup mounted at `root`, in whole CPUs (rounded up, at least 1); None when it sets none.
+
+    cgroup v2: `<root>/cpu.max` holds "<quota> <period>" ("max <period>": no quota). cgroup v1:
+    `<root>/cpu/cpu.cfs_quota_us` and `cpu.cfs_period_us`, in microseconds (quota -1: no quota); some hosts mount
+    the controller as `cpu,cpuacct`. Inside a container `root` is the container's own cgroup. Never raises: a
+    missing, unreadable or malformed file counts as no quota.
+    """
+    root = Path(root)
+    candidates = [(root / "cpu.max",)] + [
+        (root / c / "cpu.cfs_quota_us", root / c / "cpu.cfs_period_us") for c in ("cpu", "cpu,cpuacct")
+    ]
+    for files in candidates:
+        try:
+            fields = " ".join(f.read_text() for f in files).split()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(fields) != 2:
+            return None
+        quota, period = fields
+        if quota in ("max", "-1"):
+            return None
+        try:
+            quota_us, period_us = int(quota), int(period)
+        except ValueError:
+            return None
+        if quota_us <= 0 or period_us <= 0:
+            return None
+        return max(1, math.ceil(quota_us / period_us))
+    return None
+
+
+def _omp_num_threads(value: str | None) -> int | None:
+    """The thread count OMP_NUM_THREADS asks for: its first (outermost) level, None when unset or not a count."""
+    try:
+        n = int((value or "").split(",")[0])
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+def thread_count(
+    cgroup_root: str | os.PathLike = CGROUP_ROOT, environ: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """How many intra-op threads to run, and why (for the log).
+
+    OMP_NUM_THREADS in `environ` (default `os.environ`), when it holds a positive count, wins. Otherwise the CPUs
+    this process may run on (its affinity, else the CPU count), capped at the cgroup's CPU quota
+    (`cgroup_cpu_limit(cgroup_root)`): a container limited to 8 CPUs on a 96-core node still sees 96 CPUs in its
+    affinity, and 96 threads would be throttled to 8 CPUs' worth of time. At least 1.
+    """
+    environ = os.environ if environ is None else environ
+    raw = environ.get("OMP_NUM_THREADS")
+    requested = _omp_num_threads(raw)
+    if requested is not None:
+        return requested, f"OMP_NUM_THREADS={raw}"
+    if raw:
+        log.warning("OMP_NUM_THREADS=%r is not a positive count: ignored", raw)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit(cgroup_root)
+    if quota is not None and quota < cpus:
+        return quota, f"cgroup CPU quota of {quota} (of {cpus} CPU(s) in the affinity mask)"
+    return max(1, cpus), f"{cpus} CPU(s) in the affinity mask" + (f", cgroup CPU quota {quota}" if quota else "")
+
+
+_logged_threads: tuple[int, str] | None = None
+
+
+def configure_threads(cgroup_root: str | os.PathLike = CGROUP_ROOT) -> int:
+    """Set torch's intra-op threads to `thread_count(cgroup_root)` and return that number.
+
+    The choice is logged (INFO) once per process, and again only if it changes.
+    """
+    global _logged_threads
+    n, why = thread_count(cgroup_root)
+    torch.set_num_threads(n)
+    if _logged_threads != (n, why):
+        log.info("torch intra-op threads: %d (%s)", n, why)
+        _logged_threads = (n, why)
+    return n
 
 
 @functools.cache

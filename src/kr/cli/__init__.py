@@ -51,7 +51,6 @@ def run(
             help="run folder; default runs/<dataset>-<profile>-<time>. An existing folder resumes generator training."
         ),
     ] = None,
-    download: Annotated[bool, typer.Option(help="download the MedMNIST file if it is missing")] = False,
     cache: Annotated[
         bool,
         typer.Option(
@@ -63,21 +62,26 @@ def run(
     **options: Any,
 ) -> None:
     """Run the Knowledge Recycling pipeline (the KFP DAG, with kfp.local on this machine): train, audit, gate, and
-    promote the student in the MLflow registry only when every gate passes."""
-    from kr.pipelines.local import PipelineFailed, run_local
+    promote the student in the MLflow registry only when every gate passes. Exit 2, before any work, for a bad
+    option, config or run folder; 1 when the pipeline fails."""
+    from kr.pipelines.local import PipelineFailed, RunFolderBusy, run_local
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    if out is not None and (problem := _not_a_folder(out)):
+        raise fail(f"--out {out}: {problem}")
     try:
-        req = build_request(**options, download=download)
+        req = build_request(**options)
     except (ConfigError, OSError) as exc:
         raise fail(str(exc)) from None
-    dataset, profile = options["dataset"], options["profile"]
+    dataset, profile = req.dataset, options["profile"]
     if out is None:
         name = Path(dataset).stem if dataset.endswith(".npz") else dataset
         out = Path("runs") / f"{name}-{profile}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         req = req.model_copy(update={"run_dir": "", "kfp_run_id": ""})
         summary = run_local(req, out, cache_root=kr_home() / "kfp-cache" if cache else None)
+    except RunFolderBusy as exc:  # another run holds the folder: nothing was done
+        raise fail(str(exc)) from None
     except PipelineFailed as exc:
         code = 2 if "validate_data" in str(exc) or "resolve" in str(exc) else 1
         raise fail(str(exc), code=code) from None
@@ -94,6 +98,14 @@ def run(
         f"(gap {summary['cas_gap_pp']:+.2f} pp); {verdict}{reused}\nsummary: {out / 'summary.json'}\n"
         f"report:  {out / 'report.md'}"
     )
+
+
+def _not_a_folder(out: Path) -> str | None:
+    """Why `out` cannot be a run folder (it, or a folder above it, is a file), or None."""
+    for path in (out, *out.parents):
+        if path.exists():
+            return None if path.is_dir() else f"{path} is not a folder (a file of that name exists)"
+    return None
 
 
 @app.command("compile")
@@ -114,7 +126,9 @@ def compile_cmd(
 def show_config(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML")] = False, **options: Any
 ) -> None:
-    """Print the fully resolved configuration (defaults < profile < --config < --set)."""
+    """Print the fully resolved configuration, as `kr run` would use it: defaults < profile < --config < --set <
+    the flags (--dataset, --data-root, --download, --tracking-uri, --model-name, --audit-uri); the environment's
+    defaults ($MLFLOW_TRACKING_URI, $KR_AUDIT_URI, $KR_DATA_ROOT, $KR_HOME) fill only what no source set."""
     try:
         values = resolve_request(build_request(**options)).model_dump(mode="json", exclude={"run"})
     except (ConfigError, OSError) as exc:

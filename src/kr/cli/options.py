@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,16 +11,32 @@ from typing import Annotated, Any
 
 import typer
 
-from kr.config import PROFILES
+from kr.config import PROFILES, parse_config_text, read_config_text
 from kr.progress import console
 from kr.run.request import DEFAULT_PROFILE, RunRequest, resolve_request
 
+# Precedence, the same for every key: built-in defaults < profile < --config < --set < these flags; a flag's own
+# default (from the environment or $KR_HOME) applies only where no source set the key.
 DatasetOpt = Annotated[
-    str, typer.Option(help="MedMNIST 2-D flag (e.g. breastmnist) or a path to an .npz in MedMNIST layout")
+    str | None,
+    typer.Option(
+        help="MedMNIST 2-D flag (e.g. breastmnist) or a path to an .npz in MedMNIST layout; default data.dataset "
+        "of the config, else breastmnist"
+    ),
 ]
 ProfileOpt = Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")]
 DataRootOpt = Annotated[
-    Path | None, typer.Option(help="folder with <flag>.npz; default $KR_DATA_ROOT, then ~/.medmnist")
+    Path | None,
+    typer.Option(
+        help="folder with <flag>.npz; default data.data_root of the config, else $KR_DATA_ROOT, then ~/.medmnist"
+    ),
+]
+DownloadOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--download/--no-download",
+        help="download the MedMNIST file if it is missing; default data.download of the config (off)",
+    ),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of config values (over the profile)")]
 SetOpt = Annotated[
@@ -27,12 +44,21 @@ SetOpt = Annotated[
 ]
 TrackingOpt = Annotated[
     str | None,
-    typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else an embedded SQLite store in $KR_HOME"),
+    typer.Option(
+        help="MLflow tracking URI; default tracking.uri of the config, else $MLFLOW_TRACKING_URI, else an embedded "
+        "SQLite store in $KR_HOME"
+    ),
 ]
-ModelNameOpt = Annotated[str | None, typer.Option(help="registered model name; default kr-<dataset>-student")]
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option(help="registered model name; default tracking.model_name of the config, else kr-<dataset>-student"),
+]
 AuditOpt = Annotated[
     str | None,
-    typer.Option(help="audit trail: a folder or s3://bucket/prefix; default $KR_AUDIT_URI, else $KR_HOME/audit"),
+    typer.Option(
+        help="audit trail: a folder, file:///path or s3://bucket/prefix; default audit.uri of the config, else "
+        "$KR_AUDIT_URI, else $KR_HOME/audit"
+    ),
 ]
 GpusOpt = Annotated[int, typer.Option(min=0, help="GPUs per heavy step; 0 compiles a CPU-only pipeline")]
 HostOpt = Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. https://kfp.example.org/pipeline")]
@@ -41,7 +67,7 @@ ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment")]
 
 # name: (annotation, default); inspect.Parameter.empty: required
 REQUEST_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "dataset": (DatasetOpt, "breastmnist"),
+    "dataset": (DatasetOpt, None),
     "profile": (ProfileOpt, DEFAULT_PROFILE),
     "config": (ConfigOpt, None),
     "overrides": (SetOpt, None),
@@ -56,7 +82,11 @@ GatePolicyOpt = Annotated[
         "default $KR_GATE_POLICY, else none. On a cluster the ConfigMap kr-gate-policy decides"
     ),
 ]
-LOCAL_OPTIONS: dict[str, tuple[Any, Any]] = {"data_root": (DataRootOpt, None), "gate_policy": (GatePolicyOpt, None)}
+LOCAL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data_root": (DataRootOpt, None),
+    "download": (DownloadOpt, None),
+    "gate_policy": (GatePolicyOpt, None),
+}
 CLUSTER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "host": (HostOpt, inspect.Parameter.empty),
     "image": (ImageOpt, inspect.Parameter.empty),
@@ -105,7 +135,7 @@ def default_audit_uri() -> str:
 
 def build_request(
     *,
-    dataset: str,
+    dataset: str | None,
     profile: str,
     config: Path | None,
     overrides: list[str] | None,
@@ -114,13 +144,20 @@ def build_request(
     audit_uri: str | None,
     data_root: Path | None = None,
     gate_policy: Path | None = None,
-    download: bool = False,
+    download: bool | None = None,
     local_store: bool = True,
 ) -> RunRequest:
-    """The run request from the command line, resolved once here so that a bad value fails before any work.
+    """The run request from the command line, resolved here so that a bad value fails before any work.
+
+    One precedence for every key: built-in defaults < profile < `config` < `overrides` < the explicit flags
+    (`dataset`, `data_root`, `tracking_uri`, `model_name`, `audit_uri`, `download`; None: not given). The defaults
+    that come from the environment apply only to keys no source set: the tracking URI ($MLFLOW_TRACKING_URI), the
+    audit trail ($KR_AUDIT_URI) and, for a local run, the data root ($KR_DATA_ROOT, then ~/.medmnist). The request
+    carries the resolved dataset, data root, URIs and model name, so the pipeline resolves the same config again.
 
     local_store: a run on this machine (embedded MLflow store and trail in $KR_HOME by default, data root made
-    absolute); else a cluster run (defaults from the environment only). Raises ConfigError, OSError.
+    absolute); else a cluster run (defaults from the environment only). Raises ConfigError (a bad config file,
+    override or value, named; never a credential), OSError (the embedded store's folder cannot be made).
     """
     from kr.data import resolve_data_root
     from kr.run.policy import POLICY_ENV
@@ -130,28 +167,47 @@ def build_request(
         os.environ[POLICY_ENV] = str(Path(gate_policy).resolve())
 
     extra = list(overrides or [])
-    if download:
-        extra.append("data.download=true")
-    uri = tracking_uri or (default_tracking_uri() if local_store else os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if download is not None:
+        extra.append(f"data.download={json.dumps(download)}")  # a flag beats --set
+    config_yaml = read_config_text(config) if config else ""
+    parse_config_text(config_yaml, f"config file {config}")  # the file's own problems, named by its path
+    # first every source but the defaults: flags beat the config, the config beats the defaults
+    explicit = RunRequest(
+        dataset=dataset or "",
+        profile=profile,
+        overrides=extra,
+        config_yaml=config_yaml,
+        data_root=str(data_root or ""),
+        model_name=model_name or "",
+        tracking_uri=tracking_uri or "",
+        audit_uri=audit_uri or "",
+        run_dir="placeholder-for-validation",
+        kfp_run_id="validation",
+    )
+    cfg = resolve_request(explicit)  # raises ConfigError with the key and the reason
+    uri = cfg.tracking.uri or (default_tracking_uri() if local_store else os.environ.get("MLFLOW_TRACKING_URI", ""))
     if local_store and uri.startswith("sqlite:///"):
         # an embedded store keeps its artifacts beside its database (otherwise MLflow writes ./mlruns wherever
         # each task happens to run)
         db = Path(uri.removeprefix("sqlite:///")).resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{db}"  # absolute: every task process must find the same file
-        extra.insert(0, f"tracking.artifact_location={(db.parent / 'mlartifacts').as_uri()}")
-    req = RunRequest(
-        dataset=dataset,
-        profile=profile,
-        overrides=extra,
-        config_yaml=Path(config).read_text() if config else "",
+        if cfg.tracking.artifact_location is None:
+            extra.append(f"tracking.artifact_location={json.dumps((db.parent / 'mlartifacts').as_uri())}")
+    root = cfg.data.data_root or ""
+    if local_store:
         # every task of a local run must find the same folder, whatever its working directory
-        data_root=str(resolve_data_root(data_root).resolve()) if local_store else str(data_root or ""),
-        model_name=model_name or "",
-        tracking_uri=uri,
-        audit_uri=audit_uri or (default_audit_uri() if local_store else os.environ.get("KR_AUDIT_URI", "")),
-        run_dir="placeholder-for-validation" if local_store else "",
-        kfp_run_id="validation",
+        root = str(resolve_data_root(root).resolve())
+    req = explicit.model_copy(
+        update={
+            "dataset": cfg.data.dataset,
+            "overrides": extra,
+            "data_root": root,
+            "model_name": cfg.tracking.model_name or "",
+            "tracking_uri": uri,
+            "audit_uri": cfg.audit.uri or (default_audit_uri() if local_store else os.environ.get("KR_AUDIT_URI", "")),
+            "run_dir": "placeholder-for-validation" if local_store else "",
+        }
     )
-    resolve_request(req)  # raises ConfigError with the key and the reason
+    resolve_request(req)  # the defaults are checked too (e.g. $KR_AUDIT_URI)
     return req

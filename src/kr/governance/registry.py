@@ -2,22 +2,22 @@
 worse than the current champion (beyond a tolerance) gets the `champion` alias.
 
 Like TFX's Pusher, promotion needs an explicit verdict: no verdict, no alias. Registration is idempotent (a
-version is found again by its run key, never created twice), and the champion is re-read right before the alias
-moves, so two runs finishing together cannot both demote a better model.
+version is found again by its run key, never created twice). A version is born `kr.decision=pending` and gets its
+decision (promoted, rejected, failed) once the run's trail record holds it, so the registry never shows a decision
+the trail does not. Who may read the champion and move the alias is serialised by `kr.governance.promotion` (a
+lease in the trail's store): OSS MLflow has no compare-and-set on aliases.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from kr.config import RunConfig
-from kr.method.classifier import load_classifier
 from kr.run.tracking import client
 
 log = logging.getLogger(__name__)
@@ -25,54 +25,22 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_KEY_TAG = "kr.run_key"
 DATASET_TAG = "kr.dataset_md5"
+DECISION_TAG = "kr.decision"  # pending, then promoted, rejected or failed: what the trail record says
+ARTIFACT_TAG = "kr.artifact_sha256"  # digest of the registered model's files (kr.governance.serving)
+# MLflow accepts more, but the name goes into search filters and URIs: letters, digits, . _ - only
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class RegistryError(RuntimeError):
     """The registry cannot register or read a model version (e.g. a version that never becomes READY)."""
 
 
-class ServingClassifier(nn.Module):
-    """What the registry serves: raw pixel values (float32, 0..255, N x C x 28 x 28) in, class probabilities out.
+def log_student(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray) -> tuple[str, str | None, str]:
+    """Log the student into `run_id` without pickle (`kr.governance.serving`): (model URI, model id, SHA-256 digest
+    of the logged files, `serving.artifact_digest`)."""
+    from kr.governance.serving import log_student_model
 
-    Clients send images as they are stored; the [-1, 1] scaling the classifier was trained with stays inside.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 (N, C, 28, 28) pixel values in [0, 255] -> float32 (N, K) class probabilities (rows sum to 1)."""
-        return torch.softmax(self.model(x / 127.5 - 1.0), dim=1)
-
-
-def _pip_requirements() -> list[str]:
-    # explicit requirements: MLflow's inference of them takes ~10 s and records the local "+cpu" tag anyway
-    import mlflow
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
-
-
-def log_student(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray) -> tuple[str, str | None]:
-    """Log the student as an MLflow PyTorch model (signature and input example) in `run_id`: (model URI, model id)."""
-    from mlflow.models import infer_signature
-
-    import mlflow
-
-    model = ServingClassifier(load_classifier(student_path).cpu()).eval()
-    x = example.astype(np.float32)
-    with torch.no_grad():
-        y = model(torch.from_numpy(x)).numpy()
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="student",
-            signature=infer_signature(x, y),
-            input_example=x,
-            pip_requirements=_pip_requirements(),
-        )
-    return info.model_uri, getattr(info, "model_id", None)
+    return log_student_model(cfg.tracking.uri, run_id, Path(student_path), example)
 
 
 def _registered_model(cfg: RunConfig):
@@ -86,32 +54,42 @@ def _registered_model(cfg: RunConfig):
         raise
 
 
+def checked_name(name: str) -> str:
+    """`name` when it is a safe registered model name (letters, digits, `._-`, at most 128); else RegistryError.
+    The name goes into an MLflow search filter: a quote in it would change the query."""
+    if not MODEL_NAME.match(name or ""):
+        raise RegistryError(f"registered model name {name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+    return name
+
+
 def find_version(cfg: RunConfig, run_key: str):
-    """This run's registered version, if an earlier attempt already registered it."""
+    """This run's registered version, if an earlier attempt already registered it (None also without a model)."""
     if _registered_model(cfg) is None:
         return None
-    versions = client(cfg).search_model_versions(f"name = '{cfg.model_name}'")
+    versions = client(cfg).search_model_versions(f"name = '{checked_name(cfg.model_name)}'")
     mine = [v for v in versions if (v.tags or {}).get(RUN_KEY_TAG) == run_key]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
 def register(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray, tags: dict[str, str]):
-    """Register this run's student once; a retried step finds the version it made before."""
+    """Register this run's student once, born `kr.decision=pending` with its files' digest (`kr.artifact_sha256`);
+    a retried step finds the version it made before. Returns the MLflow ModelVersion. Raises RegistryError without
+    a run key or for an unsafe model name, MlflowException when MLflow fails."""
     if not cfg.run.run_key:
         raise RegistryError("registering needs a run key (cfg.run.run_key); the pipeline sets one per run")
+    checked_name(cfg.model_name)
     existing = find_version(cfg, cfg.run.run_key)
     c = client(cfg)
     if existing is None:
-        uri, model_id = log_student(cfg, run_id, student_path, example)
+        uri, model_id, digest = log_student(cfg, run_id, student_path, example)
         if _registered_model(cfg) is None:
             _create_model(cfg)
-        existing = c.create_model_version(
-            cfg.model_name, source=uri, run_id=run_id, tags={RUN_KEY_TAG: cfg.run.run_key}, model_id=model_id
-        )
+        born = {RUN_KEY_TAG: cfg.run.run_key, DECISION_TAG: "pending", ARTIFACT_TAG: digest}
+        existing = c.create_model_version(cfg.model_name, source=uri, run_id=run_id, tags=born, model_id=model_id)
         _wait_ready(cfg, existing.version)
     for key, value in tags.items():
         c.set_model_version_tag(cfg.model_name, existing.version, key, value)
-    return existing
+    return c.get_model_version(cfg.model_name, existing.version)
 
 
 def _create_model(cfg: RunConfig) -> None:
@@ -223,6 +201,19 @@ def champion_gate(cfg: RunConfig, version: str, accuracy: float, champion, datas
     }
 
 
+def judge_champion(cfg: RunConfig, version: str, accuracy: float, dataset_md5: str | None) -> dict:
+    """The champion gate for `version` against the champion now, its verdict tagged on the version (gate.champion.*).
+    Call it while holding the champion lease (`kr.governance.promotion`): the answer is only good until another run
+    moves the alias. Returns the verdict with `previous_champion` (version string or None) and `evaluated` True."""
+    before = current_champion(cfg)
+    verdict = champion_gate(cfg, version, accuracy, before, dataset_md5)
+    c = client(cfg)
+    for key, value in gate_tags({"champion": verdict}).items():
+        if key != "gate.passed":
+            c.set_model_version_tag(cfg.model_name, version, key, value)
+    return verdict | {"evaluated": True, "previous_champion": str(before.version) if before else None}
+
+
 def decide(
     cfg: RunConfig,
     run_id: str,
@@ -236,29 +227,18 @@ def decide(
 ) -> dict:
     """Register the student with its gate tags; `champion` goes to it only when promote and the champion gate pass.
 
-    With move_alias=False the decision is made but the alias left to the caller, which records it first.
+    For one process alone (tests, notebooks): nothing here stops another run from moving the alias between the
+    champion gate and the move; the pipeline concludes through `kr.governance.promotion.conclude`, which holds the
+    champion lease. With move_alias=False the decision is made but the alias left to the caller.
     """
-    base_tags = {"kr.student_test_accuracy": f"{accuracy:.6f}", "kr.config_digest": cfg.digest()}
-    if dataset_md5:  # the test set the accuracy was measured on: champions are compared only on the same one
-        base_tags[DATASET_TAG] = dataset_md5
-    version = register(cfg, run_id, student_path, example, base_tags | gate_tags(gates))
+    version = register_student(cfg, run_id, student_path, example, gates, accuracy, dataset_md5)
     result = {"model_name": cfg.model_name, "version": str(version.version), "alias": None, "promoted": False}
     if not promote:
         result["champion_gate"] = {"passed": False, "evaluated": False, "reasons": ["an earlier gate failed"]}
         return result
-    before = current_champion(cfg)
-    verdict = champion_gate(cfg, version.version, accuracy, before, dataset_md5)
-    if verdict["passed"]:
-        # re-read right before the move: another run may have promoted while this one was registering
-        now = current_champion(cfg)
-        if (now and now.version) != (before and before.version):
-            verdict = champion_gate(cfg, version.version, accuracy, now, dataset_md5)
-    c = client(cfg)
-    for key, value in gate_tags({"champion": verdict}).items():
-        if key != "gate.passed":
-            c.set_model_version_tag(cfg.model_name, version.version, key, value)
-    result["champion_gate"] = verdict | {"evaluated": True}
-    result["previous_champion"] = str(before.version) if before else None
+    verdict = judge_champion(cfg, result["version"], accuracy, dataset_md5)
+    result["champion_gate"] = verdict
+    result["previous_champion"] = verdict["previous_champion"]
     if verdict["passed"]:
         result |= {"alias": CHAMPION, "promoted": True}
         if move_alias:
@@ -266,13 +246,37 @@ def decide(
     return result
 
 
+def register_student(
+    cfg: RunConfig,
+    run_id: str,
+    student_path: Path,
+    example: np.ndarray,
+    gates: dict,
+    accuracy: float,
+    dataset_md5: str | None,
+):
+    """`register` with the tags every version carries: test accuracy, config digest, test-set MD5, gate verdicts."""
+    base_tags = {"kr.student_test_accuracy": f"{accuracy:.6f}", "kr.config_digest": cfg.digest()}
+    if dataset_md5:  # the test set the accuracy was measured on: champions are compared only on the same one
+        base_tags[DATASET_TAG] = dataset_md5
+    return register(cfg, run_id, student_path, example, base_tags | gate_tags(gates))
+
+
 def set_champion(cfg: RunConfig, version: str) -> None:
     """Point `champion` at `version` of the run's registered model (the only place the alias moves)."""
     client(cfg).set_registered_model_alias(cfg.model_name, CHAMPION, version)
 
 
-def tag_trail_record(cfg: RunConfig, version: str, entry: dict) -> None:
-    """The version points to its trail record (the record already names the version); the tag names are kept."""
+def tag_decision(cfg: RunConfig, version: str, outcome: str, entry: dict | None) -> None:
+    """The version's decision, once the trail holds it, and its record: the record's id and hash (the record already
+    names the version), which double as a published trail head for `kr audit verify --expect-head`."""
     c = client(cfg)
-    c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_id", entry["record_id"])
-    c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_hash", entry["record_hash"])
+    if entry:
+        c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_id", entry["record_id"])
+        c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_hash", entry["record_hash"])
+    c.set_model_version_tag(cfg.model_name, version, DECISION_TAG, outcome)
+
+
+def version_tags(cfg: RunConfig, version: str) -> dict[str, str]:
+    """The tags of one version of the run's model."""
+    return dict(client(cfg).get_model_version(cfg.model_name, version).tags or {})

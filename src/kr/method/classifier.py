@@ -240,15 +240,30 @@ def _train_epoch(model, opt, sched, x_np, y_np, cfg, gen, temperature, steps, de
 
 
 def save_classifier(model: SmallResNet, path: Path, extra: dict | None = None) -> Path:
-    """Write {"arch", "state_dict", "extra"} to `path` (parents created) atomically; returns the path.
+    """Write {"arch", "state_dict", "extra"} to `path` (parents created) atomically and durably; returns the path.
 
     `extra` must hold plain values (str, numbers, lists, dicts): `load_classifier` reads with weights_only=True.
+    Raises OSError when the write fails (e.g. ENOSPC); a file already at `path` is then left as it was.
     """
+    import os
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"arch": model.arch, "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"arch": model.arch, "state_dict": model.state_dict(), "extra": extra or {}}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty file at `path`
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)  # a crash mid-write never leaves a half model where a good one is expected
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # makes the rename itself durable
+    finally:
+        os.close(fd)
     return path
 
 

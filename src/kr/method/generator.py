@@ -1,18 +1,26 @@
 """Class-conditional diffusion generator: training with EMA and resumable checkpoints, and guided sampling.
 
 Layout of a generator folder:
-    spec.json                      what was trained (config digest, classes, channels): resuming checks it
+    spec.json                      what was trained (model-shaping config, channels, classes, seed, dataset MD5):
+                                   resuming checks it
     scheduler/                     the DDPM noise schedule used in training (diffusers format)
-    checkpoints/step-000500/ema/   EMA UNet weights (diffusers format), kept for checkpoint selection
-    checkpoints/step-000500/state.pt  optimiser, LR schedule, EMA and raw weights: only on the latest
-Checkpoints are written to a temporary folder and renamed, so a kill never leaves a half checkpoint behind.
+    checkpoints/step-000500/ema/   EMA UNet weights (diffusers format, safetensors), kept for checkpoint selection
+    checkpoints/step-000500/state.pt  optimiser, LR schedule, EMA and raw weights (tensors and plain values, read back
+                                   with torch.load(weights_only=True)): only on the newest two checkpoints
+    checkpoints/step-000500/manifest.json  SHA-256 of the checkpoint's other files: resuming and loading check it
+A checkpoint is written to a temporary folder, fsynced and renamed, and only then are older ones pruned, so a kill or
+a full disk never leaves a half checkpoint behind nor costs the previous one. Resuming falls back from a damaged
+newest checkpoint to the one before (and deletes the damaged one), or to step 0 when none is intact.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -85,42 +93,135 @@ class Checkpoint:
         return self.path.name
 
 
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+_STATE_KEYS = ("unet", "optimizer", "lr_scheduler", "ema")
+# checkpoints that keep their resumable state: two, so that a damaged newest one falls back to the one before
+_RESUMABLE = 2
+_STEP_DIR = re.compile(r"step-(\d+)")
+_HOW_TO_PROCEED = (
+    "to resume it, run with the same settings and data; otherwise use a new output folder, or set "
+    "generator.resume=never to delete its checkpoints and train from step 0"
+)
+
+
 def list_checkpoints(gen_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints (an ema/ folder, not a .tmp leftover) under gen_dir/checkpoints, by step ascending;
-    [] when there is none."""
+    """Complete checkpoints (a step-NNNNNN folder with an ema/ folder, not a .tmp leftover) under
+    gen_dir/checkpoints, by step ascending; [] when there is none."""
     root = Path(gen_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [
-        Checkpoint(int(p.name.split("-")[1]), p)
-        for p in root.glob("step-*")
-        if p.is_dir() and not p.name.endswith(".tmp") and (p / "ema").is_dir()
-    ]
+    found = []
+    for p in root.iterdir():
+        match = _STEP_DIR.fullmatch(p.name)
+        if match and p.is_dir() and (p / "ema").is_dir():
+            found.append(Checkpoint(int(match.group(1)), p))
     return sorted(found, key=lambda c: c.step)
 
 
-def _spec(cfg: GeneratorConfig, channels: int, n_classes: int, seed: int) -> dict:
-    # train_steps and checkpoint cadence may grow on resume; everything that shapes the model may not
-    shaping = cfg.model_dump(exclude={"train_steps", "checkpoint_every", "keep_checkpoints", "compile"})
-    return {"config": shaping, "channels": channels, "n_classes": n_classes, "seed": seed}
+def _spec(cfg: GeneratorConfig, channels: int, n_classes: int, seed: int, dataset_md5: str) -> dict:
+    # train_steps, checkpoint cadence and the resume mode may change on resume; everything that shapes the model or
+    # what it learns may not
+    shaping = cfg.model_dump(exclude={"train_steps", "checkpoint_every", "keep_checkpoints", "compile", "resume"})
+    return {"config": shaping, "channels": channels, "n_classes": n_classes, "seed": seed, "dataset_md5": dataset_md5}
 
 
-def _check_spec(gen_dir: Path, spec: dict) -> None:
+def _spec_differences(old: object, spec: dict) -> list[str]:
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+        return ["an unrecognised spec.json"]
+    keys = set(old["config"]) | set(spec["config"])
+    diff = sorted(k for k in keys if old["config"].get(k) != spec["config"].get(k))
+    diff += [k for k in ("channels", "n_classes", "seed") if old.get(k) != spec[k]]
+    if old.get("dataset_md5") != spec["dataset_md5"]:
+        diff.append(f"dataset MD5 {old.get('dataset_md5') or 'unrecorded'} there, {spec['dataset_md5']} in this run")
+    return diff or ["other spec.json entries"]
+
+
+def _prepare_folder(gen_dir: Path, spec: dict, resume: str) -> None:
+    """Check (resume "auto") or reset (resume "never") `gen_dir` for a run of `spec`, then record the spec."""
     path = gen_dir / "spec.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    if resume == "never":
+        if path.exists() or (gen_dir / "checkpoints").exists():
+            log.warning(
+                "generator.resume is 'never': deleting the checkpoints and spec.json in %s to train from step 0",
+                gen_dir,
+            )
+            if (gen_dir / "checkpoints").exists():
+                shutil.rmtree(gen_dir / "checkpoints")
+            path.unlink(missing_ok=True)
+    elif path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise GeneratorError(f"{path} cannot be read ({e}); {_HOW_TO_PROCEED}") from e
         if old != spec:
-            diff = sorted(
-                k for k in set(old["config"]) | set(spec["config"]) if old["config"].get(k) != spec["config"].get(k)
-            )
-            extra = [k for k in ("channels", "n_classes", "seed") if old.get(k) != spec.get(k)]
             raise GeneratorError(
-                f"{gen_dir} holds a generator trained with other settings ({', '.join(diff + extra)}); "
-                "use a new output folder or the same settings to resume"
+                f"{gen_dir} holds a generator trained with other settings or data "
+                f"({'; '.join(_spec_differences(old, spec))}); {_HOW_TO_PROCEED}"
             )
-    else:
-        gen_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(spec, indent=2))
+        return
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    _write_durably(path, json.dumps(spec, indent=2).encode())
+
+
+def _fsync_dir(path: Path) -> None:
+    # a rename or a new entry is durable only once its directory is synced (POSIX; Linux ext4/xfs)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every folder bottom-up, `root` last."""
+    for p in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(root)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _digest_mismatches(folder: Path, digests: dict, prefix: str = "") -> list[str]:
+    """The files named in `digests` (paths relative to `folder`, those starting with `prefix`) that are missing,
+    outside `folder`, or whose SHA-256 differs."""
+    bad = []
+    root = folder.resolve()
+    for name, digest in sorted(digests.items()):
+        if not str(name).startswith(prefix):
+            continue
+        path = (folder / str(name)).resolve()
+        if not path.is_relative_to(root) or not path.is_file() or _sha256(path) != digest:
+            bad.append(str(name))
+    return bad
+
+
+def _read_manifest(folder: Path) -> dict[str, str]:
+    """The {relative path: SHA-256 hex} digests of a checkpoint folder's manifest.json.
+
+    Raises FileNotFoundError when there is none, ValueError when it is not a manifest."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    digests = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise ValueError("no {path: sha256} table")
+    return digests
 
 
 def _batch(
@@ -153,23 +254,31 @@ def train_generator(
     cfg: GeneratorConfig,
     out_dir: Path,
     seed: int,
+    dataset_md5: str,
     stop_after: int | None = None,
 ) -> dict:
-    """Train (or resume) the generator in `out_dir`. `stop_after` ends early after that many steps (tests).
+    """Train (or resume) the generator in `out_dir`. `dataset_md5` names the data file x_train comes from (recorded
+    in spec.json, so a folder never resumes another dataset's generator). `stop_after` ends early after that many
+    steps (tests).
 
     x_train: uint8 (N, C, H, H); y_train: int (N,) in [0, n_classes). Each step draws cfg.batch_size images with
     replacement, replaces a cfg.label_dropout share of labels by the "no label" token (for classifier-free
     guidance, Ho & Salimans 2021) and regresses the epsilon or v target (Salimans & Ho 2022) with MSE, min-SNR-gamma
-    weighted when cfg.snr_gamma is set (Hang et al. 2023). Resumes from the latest checkpoint with optimiser state;
-    batches depend only on (seed, step), so a resumed run matches an unbroken one.
-    Raises GeneratorError when `out_dir/spec.json` records other model-shaping settings, channels, classes or seed.
+    weighted when cfg.snr_gamma is set (Hang et al. 2023). With cfg.resume "auto", resumes from the newest checkpoint
+    whose files match their manifest digests and whose state loads (newer, damaged ones are skipped with a warning
+    and deleted; with none intact, training starts at step 0); batches depend only on (seed, step), so a resumed run
+    matches an unbroken one. With cfg.resume "never", deletes the folder's checkpoints and spec.json first.
+    Raises GeneratorError (resume "auto") when `out_dir/spec.json` records other model-shaping settings, channels,
+    classes, seed or dataset MD5, or cannot be read; OSError when a checkpoint cannot be written (a full disk: the
+    earlier checkpoints stay intact and resumable).
     Returns {"steps" (reached), "resumed_from", "complete" (bool), "params", "final_loss" (mean of the last 100
     steps, None when no step ran), "loss_curve" ([step, mean loss] per window of up to 50 steps), "train_s"
-    (seconds), "checkpoints" (names)}.
+    (seconds), "checkpoints" (names), "skipped_checkpoints" (names of damaged checkpoints resuming passed over and
+    deleted)}.
     """
     out_dir = Path(out_dir)
     channels = int(x_train.shape[1])
-    _check_spec(out_dir, _spec(cfg, channels, n_classes, seed))
+    _prepare_folder(out_dir, _spec(cfg, channels, n_classes, seed, dataset_md5), cfg.resume)
     dev = device()
     torch.manual_seed(seed)  # the initial weights are part of the run's reproducibility
     unet = build_unet(cfg, channels, n_classes, int(x_train.shape[-1])).to(dev)
@@ -178,7 +287,7 @@ def train_generator(
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.train_steps)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
-    start = _resume(out_dir, unet, opt, lr_sched, ema)
+    start, skipped = _resume(out_dir, unet, opt, lr_sched, ema)
     net = maybe_compile(unet, cfg.compile, dev)  # weights are shared: checkpoints save `unet` itself
     n_params = sum(p.numel() for p in unet.parameters())
     losses: list[float] = []
@@ -220,6 +329,7 @@ def train_generator(
         ],
         "train_s": time.perf_counter() - t0,
         "checkpoints": [c.name for c in list_checkpoints(out_dir)],
+        "skipped_checkpoints": skipped,
     }
 
 
@@ -236,44 +346,113 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, sched: DDPM
     return (per_sample * weight).mean()
 
 
-def _resume(out_dir: Path, unet, opt, lr_sched, ema) -> int:
-    with_state = [c for c in list_checkpoints(out_dir) if (c.path / "state.pt").exists()]
-    if not with_state:
-        return 0
-    last = with_state[-1]
-    state = torch.load(last.path / "state.pt", map_location="cpu", weights_only=False)
-    unet.load_state_dict(state["unet"])
-    opt.load_state_dict(state["optimizer"])
-    lr_sched.load_state_dict(state["lr_scheduler"])
-    ema.load_state_dict(state["ema"])
-    log.info("resuming generator training from %s", last.path)
-    return int(state["step"])
+class _Unusable(Exception):
+    """A checkpoint whose training state cannot be resumed; the message says why."""
+
+
+def _read_state(ckpt: Checkpoint) -> dict:
+    """The checkpoint's training state, after checking its files against manifest.json. Raises _Unusable."""
+    state_path = ckpt.path / STATE_FILE
+    if not state_path.is_file():
+        raise _Unusable(f"no {STATE_FILE} (older checkpoints keep their EMA weights only)")
+    try:
+        digests = _read_manifest(ckpt.path)
+    except FileNotFoundError as e:
+        raise _Unusable(f"no {MANIFEST_FILE} to check its files against") from e
+    except (OSError, ValueError) as e:
+        raise _Unusable(f"unreadable {MANIFEST_FILE} ({e})") from e
+    if STATE_FILE not in digests:
+        raise _Unusable(f"{MANIFEST_FILE} records no digest of {STATE_FILE}")
+    bad = _digest_mismatches(ckpt.path, digests)
+    if bad:
+        raise _Unusable(f"{', '.join(bad)} missing or not matching the SHA-256 in {MANIFEST_FILE}")
+    try:
+        # torch's restricted unpickler: tensors and plain containers only, so a planted pickle cannot run code
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for forbidden objects; RuntimeError, EOFError and more for damage
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise _Unusable(f"{STATE_FILE} does not load with weights_only=True ({type(e).__name__}: {first_line})") from e
+    if not isinstance(state, dict) or set(state) != {"step", *_STATE_KEYS} or state["step"] != ckpt.step:
+        raise _Unusable(f"{STATE_FILE} does not hold this checkpoint's training state")
+    return state
+
+
+def _resume(out_dir: Path, unet, opt, lr_sched, ema) -> tuple[int, list[str]]:
+    """Load the newest resumable checkpoint into the four objects; returns (its step, or 0, and the names of the
+    newer checkpoints skipped as damaged, which are deleted: training them again rewrites them)."""
+    targets = (unet, opt, lr_sched, ema)
+    # a state that fails half-way through loading must not leave a fresh start with half-loaded weights
+    initial = [copy.deepcopy(t.state_dict()) for t in targets]
+    skipped: list[Checkpoint] = []
+    start = 0
+    for ckpt in reversed(list_checkpoints(out_dir)):
+        try:
+            state = _read_state(ckpt)
+            for target, key in zip(targets, _STATE_KEYS, strict=True):
+                target.load_state_dict(state[key])
+        except _Unusable as e:
+            reason = str(e)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            for target, saved in zip(targets, initial, strict=True):
+                target.load_state_dict(copy.deepcopy(saved))
+            reason = f"its state does not fit this model ({type(e).__name__}: {e})"
+        else:
+            start = ckpt.step
+            log.info("resuming generator training from %s", ckpt.path)
+            break
+        log.warning("generator checkpoint %s cannot be resumed, trying the one before: %s", ckpt.path, reason)
+        skipped.append(ckpt)
+    for ckpt in skipped:  # all newer than `start`: left in place, pruning would count them as the newest
+        shutil.rmtree(ckpt.path)
+    if skipped:
+        log.warning(
+            "deleted generator checkpoints %s in %s; %s",
+            ", ".join(c.name for c in skipped),
+            out_dir,
+            f"resuming from step {start}" if start else "no intact checkpoint is left: training from step 0",
+        )
+    return start, [c.name for c in skipped]
 
 
 def _save_checkpoint(out_dir: Path, step: int, unet, opt, lr_sched, ema, keep: int) -> None:
+    """Write checkpoints/step-NNNNNN durably, then prune: training state on the newest _RESUMABLE checkpoints only,
+    folders beyond the newest `keep`. Raises OSError when writing fails (e.g. ENOSPC); nothing is pruned then."""
     root = out_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
+    if not root.is_dir():
+        root.mkdir(parents=True)
+        _fsync_dir(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ema_unet = copy.deepcopy(unet)
-    ema.copy_to(ema_unet.parameters())
-    ema_unet.save_pretrained(tmp / "ema")
-    torch.save(
-        {
+    try:
+        tmp.mkdir()
+        ema_unet = copy.deepcopy(unet)
+        ema.copy_to(ema_unet.parameters())
+        ema_unet.save_pretrained(tmp / "ema")
+        state = {
             "step": step,
             "unet": unet.state_dict(),
             "optimizer": opt.state_dict(),
             "lr_scheduler": lr_sched.state_dict(),
             "ema": ema.state_dict(),
-        },
-        tmp / "state.pt",
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+        }
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+        digests = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "sha256": digests}, indent=2))
+        _fsync_tree(tmp)  # the data must be on disk before the rename makes the checkpoint visible
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk needs the space back; older checkpoints are untouched
+        if isinstance(e, OSError):
+            e.add_note(f"while writing generator checkpoint {final}; the earlier checkpoints in {root} are intact")
+        raise
+    if final.exists():  # defensive: resuming deletes the checkpoints newer than its start, so none is in the way
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)  # only a durable rename may let the older state go
     kept = list_checkpoints(out_dir)
-    for old in kept[:-1]:
-        (old.path / "state.pt").unlink(missing_ok=True)  # only the newest needs the optimiser to resume
+    for old in kept[:-_RESUMABLE]:
+        (old.path / STATE_FILE).unlink(missing_ok=True)
     for old in kept[:-keep]:
         shutil.rmtree(old.path, ignore_errors=True)
 
@@ -281,11 +460,22 @@ def _save_checkpoint(out_dir: Path, step: int, unet, opt, lr_sched, ema, keep: i
 def load_generator(checkpoint_dir: Path) -> UNet2DModel:
     """The EMA UNet of a checkpoint folder (`Checkpoint.path`), in eval mode on `kr.runtime.device()`.
 
-    Raises GeneratorError when checkpoint_dir/ema does not exist.
+    Raises GeneratorError when checkpoint_dir/ema does not exist, or when the folder has a manifest.json and an ema/
+    file it lists is missing or does not match its SHA-256.
     """
     path = Path(checkpoint_dir) / "ema"
     if not path.is_dir():
         raise GeneratorError(f"no generator weights at {path}")
+    if (Path(checkpoint_dir) / MANIFEST_FILE).is_file():
+        try:
+            bad = _digest_mismatches(Path(checkpoint_dir), _read_manifest(Path(checkpoint_dir)), prefix="ema/")
+        except (OSError, ValueError) as e:
+            raise GeneratorError(f"unreadable {Path(checkpoint_dir) / MANIFEST_FILE} ({e})") from e
+        if bad:
+            raise GeneratorError(
+                f"generator checkpoint {checkpoint_dir} is damaged: {', '.join(bad)} missing or not matching the "
+                f"SHA-256 in its {MANIFEST_FILE}"
+            )
     unet = UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False)
     unet.eval()
     return unet.to(device())

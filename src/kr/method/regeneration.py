@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kr.config import SamplerConfig
-from kr.data import Dataset
+from kr.data import SHARD_KEYS, Dataset, read_shard
 from kr.method.classifier import load_classifier, predict_logits
 from kr.method.fidelity import FIDELITY_KEYS, fidelity, real_reference
 from kr.method.generator import balanced_labels, load_generator, sample, sampling_scheduler
@@ -95,12 +95,12 @@ def load_pool(paths: list[Path]) -> dict[str, np.ndarray]:
     """The regeneration shards at `paths`, concatenated in path order: {"images": uint8 (N, C, H, W),
     "gen_labels": int64 (N,), "teacher_logits": float32 (N, K)}.
 
-    Raises ValueError when `paths` is empty.
+    Raises ValueError when `paths` is empty, kr.data.DataError for a shard `read_shard` refuses.
     """
     parts = []
     for p in sorted(paths, key=str):
-        with np.load(p, allow_pickle=False) as z:
-            parts.append({k: z[k] for k in ("images", "gen_labels", "teacher_logits")})
+        found = read_shard(p)  # bounded: a shard is read back from an artifact store others can write
+        parts.append({k: found[k] for k in SHARD_KEYS})
     if not parts:
         raise ValueError("the GKD pool is empty: no regeneration shard was produced")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -12,10 +12,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kr.config import DEFAULT_PROFILE, ConfigError, RunConfig, deep_merge, resolve_config
+from kr.config import (
+    DEFAULT_PROFILE,
+    ConfigError,
+    RunConfig,
+    deep_merge,
+    merged_values,
+    parse_config_text,
+    validate_config,
+    validation_problems,
+)
 from kr.run.policy import enforce as enforce_policy
 from kr.run.policy import policy_path
 
@@ -23,25 +31,45 @@ CLUSTER_RUNS_ROOT = "/mnt/kr-runs"
 
 
 class RunRequest(BaseModel):
-    """One pipeline run's parameters, as users set them (CLI options, KFP run parameters)."""
+    """One pipeline run's parameters, as users set them (CLI options, KFP run parameters).
+
+    Precedence (`resolve_request`): built-in defaults < profile < config_yaml < overrides < the request's own
+    fields where they are not empty (dataset, data_root, model_name, tracking_uri, audit_uri, gates): those are the
+    run's explicit settings, like the CLI's flags. An empty field leaves the key to the config."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = Field("breastmnist", description="MedMNIST 2-D flag or a path to an .npz in MedMNIST layout")
+    dataset: str = Field(
+        "",
+        description="MedMNIST 2-D flag or a path to an .npz in MedMNIST layout; over data.dataset of config_yaml and "
+        "overrides; empty: theirs, else breastmnist",
+    )
     profile: str = Field(DEFAULT_PROFILE, description="config profile: smoke, laptop, cpu or gpu")
-    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE config overrides, applied last")
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE config overrides, over config_yaml")
     config_yaml: str = Field("", description="YAML text of config values, over the profile")
     gates: dict[str, Any] = Field(default_factory=dict, description="gate thresholds over the config's, nested")
-    data_root: str = Field("", description="folder with <flag>.npz; empty: kr.data.resolve_data_root's default")
-    model_name: str = Field("", description="registered model name; empty: kr-<dataset>-student")
-    tracking_uri: str = Field("", description="MLflow tracking URI; empty: no tracking")
-    audit_uri: str = Field("", description="audit trail location (folder or s3://bucket/prefix); empty: none")
+    data_root: str = Field(
+        "", description="folder with <flag>.npz, over data.data_root; empty: the config's, else kr.data's default"
+    )
+    model_name: str = Field(
+        "",
+        description="registered model name, over tracking.model_name; empty: the config's, else kr-<dataset>-student",
+    )
+    tracking_uri: str = Field("", description="MLflow tracking URI, over tracking.uri; empty: the config's, else none")
+    audit_uri: str = Field(
+        "", description="audit trail (folder, file:///path or s3://bucket/prefix), over audit.uri; empty: the config's"
+    )
     run_dir: str = Field("", description="the run folder; empty: <runs_root>/<KFP run id>")
     runs_root: str = Field(CLUSTER_RUNS_ROOT, description="where run folders live (the shared volume on a cluster)")
     checkpoints_root: str = Field(
         "", description="where resumable generator training lives; empty: <runs_root>/checkpoints"
     )
     started_at: str = Field("", description="UTC ISO-8601 start; empty: the KFP run's creation time, else now")
+    run_key: str = Field(
+        "",
+        description="the run's unique key (registry, trail and MLflow hang on it); empty: the KFP run id, a UUID the "
+        "KFP API server assigns. `kr run` sets a fresh UUID: kfp.local's run id is a small random integer",
+    )
     # set by the pipeline itself, never a run parameter
     image: str = Field("local", description="the component image")
     kfp_run_id: str = Field("", description="KFP's run id (a placeholder until the pipeline resolves it)")
@@ -81,7 +109,7 @@ def from_parts(scalars: dict[str, Any], overrides: list, gates: dict) -> RunRequ
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+    return validation_problems(exc)  # pydantic's messages only, never an input value (it may hold a credential)
 
 
 def _unresolved(value: str) -> bool:
@@ -112,34 +140,26 @@ def started_at(req: RunRequest) -> str:
 
 
 def resolve_request(req: RunRequest) -> RunConfig:
-    """defaults < profile < config_yaml < overrides, then the run's own settings (gates, registry, trail, meta),
-    held to the gate policy (KR_GATE_POLICY, `kr.run.policy`). Raises ConfigError naming the key and the
-    reason; ValueError when the run has no folder."""
-    base: dict[str, Any] = {"data": {"dataset": req.dataset}}
-    if req.data_root:
-        base["data"]["data_root"] = req.data_root
-    try:
-        extra = yaml.safe_load(req.config_yaml) if req.config_yaml else {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config_yaml is not valid YAML: {exc}") from exc
-    cfg = resolve_config(req.profile, None, list(req.overrides), base=deep_merge(base, extra or {}))
-    values = cfg.model_dump(mode="json")
-    values["gates"] = deep_merge(values["gates"], req.gates or {})
-    tracking = {"model_name": req.model_name} if req.model_name else {}
-    if req.tracking_uri:
-        tracking["uri"] = req.tracking_uri
-    values["tracking"] = deep_merge(values["tracking"], tracking)
-    if req.audit_uri:
-        values["audit"]["uri"] = req.audit_uri
-    run_key = req.kfp_run_id if not _unresolved(req.kfp_run_id) else run_dir(req).name
+    """defaults < profile < config_yaml < overrides < the run's own settings where set (dataset, data root,
+    registry, trail, gates), then the run's meta, held to the gate policy (KR_GATE_POLICY, `kr.run.policy`).
+    Raises ConfigError naming the key and the reason (never a credential); ValueError when the run has no key."""
+    file_values = parse_config_text(req.config_yaml, "config_yaml") if req.config_yaml else {}
+    values = merged_values(req.profile, file_values, list(req.overrides))
+    own = {
+        "data": {"dataset": req.dataset, "data_root": req.data_root},
+        "tracking": {"model_name": req.model_name, "uri": req.tracking_uri},
+        "audit": {"uri": req.audit_uri},
+    }
+    values = deep_merge(values, {section: {k: v for k, v in keys.items() if v} for section, keys in own.items()})
+    values = deep_merge(values, {"gates": req.gates or {}})
+    run_key = req.run_key or (req.kfp_run_id if not _unresolved(req.kfp_run_id) else "")
+    if not run_key:
+        raise ValueError("the run has no key: set run_key (kr run does) or run it on Kubeflow Pipelines")
     values["run"] = {
         "run_key": run_key,
         "image": req.image,
         "kfp_run_id": "" if _unresolved(req.kfp_run_id) else req.kfp_run_id,
     }
-    try:
-        cfg = RunConfig.model_validate(values)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid run parameters: {_problems(exc)}") from exc
+    cfg = validate_config(values, f"invalid configuration (profile {req.profile})")
     enforce_policy(cfg.gates, policy_path())  # after every source of gate values: none may loosen the policy
     return cfg

@@ -1,8 +1,9 @@
-"""The one table of the pipeline's steps: name, GPU or not, cached or not, retried or not, and the config it reads.
+"""The one table of the pipeline's steps: name, GPU or not, cached or not, retried or not, the config it reads and
+the credentials it needs.
 
-The DAG (`kr.pipelines.knowledge_recycling`) sets resources, caching and retries from it; the summary and the report
-order their step timings by it; each component gets exactly the config sections listed here, so a step's KFP cache
-key is its real inputs (a change to `gkd.*` leaves the teacher's key as it was).
+The DAG (`kr.pipelines.knowledge_recycling`) sets resources, caching, retries and each pod's Secrets from it; the
+summary and the report order their step timings by it; each component gets exactly the config sections listed here,
+so a step's KFP cache key is its real inputs (a change to `gkd.*` leaves the teacher's key as it was).
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from kr.config import RunConfig
 
 # read by every step: the seed, and where its MLflow run goes (stable across runs, so cache keys stay stable)
 ALWAYS = ("seed", "tracking")
+
+# The credentials a step may need, by what it uses them for (a cluster maps each to a Secret: ClusterSettings):
+# mlflow: the MLflow user, for a step that records its MLflow run (kr.steps.running.run_step), opens or closes the
+#   run's parent run, or registers the student. Artifacts travel through the MLflow server (`mlflow-artifacts:`;
+#   the server holds the bucket's keys), so MLflow needs no S3 keys in a step.
+# s3: S3 keys for the audit trail (`audit.uri=s3://...`), for a step that reads or appends the trail.
+# signing: the trail's HMAC key (KR_AUDIT_HMAC_KEY), for a step that appends records; a reader needs none.
+MLFLOW, S3, SIGNING = "mlflow", "s3", "signing"
+SECRETS = (MLFLOW, S3, SIGNING)
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class StepSpec:
     id, failure notes) or the generator's resumable checkpoints. reads_data: re-reads the validated data file (the
     data artifact is a reference, never the images), so on a cluster it mounts the volume the data lies on.
     resolves_request: resolves the run request, so it reads the gate policy (a ConfigMap on a cluster).
+    secrets: the credentials it needs (of SECRETS); a cluster gives its pod those and no others.
     """
 
     name: str
@@ -37,6 +48,12 @@ class StepSpec:
     run_volume: bool = False
     reads_data: bool = False
     resolves_request: bool = False
+    secrets: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.secrets) - set(SECRETS)
+        if unknown:
+            raise ValueError(f"step {self.name}: unknown secret(s) {sorted(unknown)}; known: {', '.join(SECRETS)}")
 
     @property
     def task(self) -> str:
@@ -44,23 +61,56 @@ class StepSpec:
         return self.name.replace("_", "-")
 
 
+TRACKED = frozenset({MLFLOW})  # records its MLflow run (run_step), or opens or closes the parent run
+TRAIL = frozenset({MLFLOW, S3})  # tracked, and reads the audit trail (s3://)
+APPENDS = TRAIL | {SIGNING}  # tracked, and appends signed records to the audit trail
+
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec("resolve_config", cache=False, sections=None, run_volume=True, resolves_request=True),
-    StepSpec("validate_data", reads_data=True, sections=("data", "validation")),
-    StepSpec("train_teacher", reads_data=True, sections=("teacher", "canaries")),
-    StepSpec("train_generator", reads_data=True, gpu=True, sections=("generator", "canaries"), run_volume=True),
-    StepSpec("select_generator", reads_data=True, gpu=True, sections=("selection", "sampler", "validation")),
+    # refuses a run key the trail (or the registry) already holds, then opens the MLflow parent run
+    StepSpec("resolve_config", cache=False, sections=None, run_volume=True, resolves_request=True, secrets=TRAIL),
+    StepSpec("validate_data", reads_data=True, sections=("data", "validation"), secrets=TRACKED),
+    StepSpec("train_teacher", reads_data=True, sections=("teacher", "canaries"), secrets=TRACKED),
+    StepSpec(
+        "train_generator",
+        reads_data=True,
+        gpu=True,
+        sections=("generator", "canaries"),
+        run_volume=True,
+        secrets=TRACKED,
+    ),
+    StepSpec(
+        "select_generator", reads_data=True, gpu=True, sections=("selection", "sampler", "validation"), secrets=TRACKED
+    ),
+    # arithmetic on the data file's info.json: no MLflow run, no trail, no credentials
     StepSpec("plan_shards", sections=("gkd", "sampler", "validation")),
-    StepSpec("regenerate", reads_data=True, gpu=True, sections=("gkd", "sampler", "validation")),
-    StepSpec("train_student", reads_data=True, gpu=True, sections=("gkd",)),
-    StepSpec("train_naive", reads_data=True, gpu=True, sections=("gkd", "naive")),
+    StepSpec("regenerate", reads_data=True, gpu=True, sections=("gkd", "sampler", "validation"), secrets=TRACKED),
+    StepSpec("train_student", reads_data=True, gpu=True, sections=("gkd",), secrets=TRACKED),
+    StepSpec("train_naive", reads_data=True, gpu=True, sections=("gkd", "naive"), secrets=TRACKED),
     # evidence and decisions are always computed afresh: a gate never passes on an earlier run's verdict
-    StepSpec("audit_privacy", reads_data=True, gpu=True, cache=False, sections=("privacy", "teacher", "canaries")),
-    StepSpec("evaluate_gates", cache=False, sections=None, run_volume=True),
-    StepSpec("promote", cache=False, sections=None, run_volume=True),
-    StepSpec("record_rejection", cache=False, sections=None, run_volume=True),
-    StepSpec("summarize", cache=False, sections=None, run_volume=True),
-    StepSpec("finalize_run", cache=False, retries=False, sections=None, run_volume=True, resolves_request=True),
+    StepSpec(
+        "audit_privacy",
+        reads_data=True,
+        gpu=True,
+        cache=False,
+        sections=("privacy", "teacher", "canaries"),
+        secrets=TRACKED,
+    ),
+    StepSpec("evaluate_gates", cache=False, sections=None, run_volume=True, secrets=TRACKED),
+    # register the student and append the trail record
+    StepSpec("promote", cache=False, sections=None, run_volume=True, secrets=APPENDS),
+    StepSpec("record_rejection", cache=False, sections=None, run_volume=True, secrets=APPENDS),
+    # the trail reference arrives in the conclusion: summarize never opens the trail
+    StepSpec("summarize", cache=False, sections=None, run_volume=True, secrets=TRACKED),
+    # a failed run's trail record (read back first: a run that concluded keeps its record) and its closed parent run
+    StepSpec(
+        "finalize_run",
+        cache=False,
+        retries=False,
+        sections=None,
+        run_volume=True,
+        resolves_request=True,
+        secrets=APPENDS,
+    ),
 )
 STEP = {s.name: s for s in STEPS}
 ORDER = tuple(s.name for s in STEPS)

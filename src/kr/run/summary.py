@@ -18,7 +18,7 @@ import numpy as np
 import kr
 from kr import plots
 from kr.config import RunConfig
-from kr.data import load_saved_dataset
+from kr.data import load_saved_dataset, read_shard
 from kr.results import (
     ClassifierResult,
     Conclusion,
@@ -246,8 +246,8 @@ def _plots(
         )
     if data_dir and shard_files:
         dataset = load_saved_dataset(data_dir)
-        with np.load(sorted(shard_files, key=str)[0]) as z:
-            syn_x, syn_y = z["images"], z["gen_labels"]
+        shard = read_shard(sorted(shard_files, key=str)[0])
+        syn_x, syn_y = shard["images"], shard["gen_labels"]
         # real patient images only when asked for, and only in this run folder (never logged)
         real = (dataset.x_train, dataset.y_train) if real_beside else None
         sides = "real (left) and regenerated (right)" if real_beside else "regenerated"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterable
@@ -41,24 +42,49 @@ def client(cfg: RunConfig):
     return MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
 
 
-def code_version() -> str:
-    """kr's version and, from a git checkout, the commit (images record theirs at build time in KR_GIT_COMMIT)."""
+def _git_commit(folder: Path) -> tuple[str, bool] | None:
+    """(HEAD's short hash, dirty) of the git checkout that tracks `folder`; None when there is none (an installed
+    wheel, no git, a git error). Dirty: a tracked file anywhere in the checkout differs from HEAD (staged or not),
+    or an untracked, not ignored file sits under `folder`."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=5, check=True)
+        return done.stdout.strip()
+
+    try:
+        # a wheel installed into a venv that happens to live inside some repository is not that repository's code
+        if not git("ls-files", "--", "."):
+            return None
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = dirty or bool(git("ls-files", "--others", "--exclude-standard", "--", "."))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit, dirty
+
+
+def code_version(checkout: str | os.PathLike | None = None) -> str:
+    """kr's version and the commit its code comes from: "<version>+<12 hex digits>", with ".dirty" appended when the
+    code differs from that commit, "<version>+unknown" when no commit is known. Never raises.
+
+    From the git checkout that tracks `checkout` (default: the kr package's folder): HEAD, dirty when a tracked file
+    differs from HEAD or an untracked file sits in that folder. Without one (an installed wheel, as in the images):
+    KR_COMMIT, which scripts/build-images bakes into the images, with KR_DIRTY=1 when it built from a dirty tree
+    (KR_GIT_COMMIT, an older name, is still read).
+    """
     import kr
 
-    commit = os.environ.get("KR_GIT_COMMIT", "")
-    if not commit:
-        try:
-            commit = subprocess.run(
-                ["git", "rev-parse", "--short=12", "HEAD"],
-                cwd=Path(kr.__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            commit = "unknown"
-    return f"{kr.__version__}+{commit}"
+    found = _git_commit(Path(checkout) if checkout is not None else Path(kr.__file__).parent)
+    if found is not None:
+        commit, dirty = found
+    else:
+        commit = (os.environ.get("KR_COMMIT") or os.environ.get("KR_GIT_COMMIT") or "").strip()
+        dirty = os.environ.get("KR_DIRTY", "").strip().lower() in ("1", "true", "yes")
+        if re.fullmatch(r"[0-9a-f]{13,40}", commit):  # the build passes the full hash; records use 12 digits
+            commit = commit[:12]
+    if not commit or commit == "unknown":
+        return f"{kr.__version__}+unknown"
+    return f"{kr.__version__}+{commit}" + (".dirty" if dirty else "")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -127,6 +153,8 @@ def log_dataset(cfg: RunConfig, parent: str, data) -> None:
     its digest and source path, not its images (mlflow.data.from_numpy keeps a profile and schema only)."""
     if not (enabled(cfg) and parent):
         return
+    from mlflow.entities import DatasetInput, InputTag
+
     import mlflow
 
     info = data.info
@@ -135,9 +163,9 @@ def log_dataset(cfg: RunConfig, parent: str, data) -> None:
     dataset = mlflow.data.from_numpy(
         data.x_train, targets=data.y_train, source=info.path, name=info.name, digest=info.md5
     )
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    with mlflow.start_run(run_id=parent):
-        mlflow.log_input(dataset, context="training")
+    # through the client: `with mlflow.start_run(run_id=parent)` would end the parent run, FINISHED, on leaving
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
+    c.log_inputs(parent, datasets=[entity])
 
 
 def _canary_headline(summary: dict, model: str) -> dict[str, float | None]:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from kr.config import ConfigError, DataConfig, RunConfig
 from kr.data import load_saved_dataset
-from kr.results import (
-    RunResults,
-)
+from kr.results import Conclusion, RunResults
 from kr.run import tracking
 from kr.run.request import RunRequest, from_parts, resolve_request, run_dir, started_at
 from kr.run.step_table import load_step_config
@@ -65,6 +63,27 @@ def _run_files(folder: Path) -> list[Path]:
     ]
 
 
+def _recorded_conclusion(cfg: RunConfig) -> Conclusion | None:
+    """The decision the trail holds for a run that failed after concluding (e.g. in `summarize`): the summary tells
+    the trail's story (promoted stays promoted), not "failed" beside a champion. None for a `failed` record."""
+    from kr.governance import promotion
+
+    try:
+        record = promotion.recorded(cfg)
+    except Exception:  # the trail is unreachable: record_failure has said so already
+        return None
+    if not record or record.get("outcome") not in ("promoted", "rejected"):
+        return None
+    registry = (record.get("outputs") or {}).get("registry")
+    reference = {k: record[k] for k in ("record_id", "record_hash", "previous_hash", "sequence")}
+    return Conclusion(
+        outcome=record["outcome"],
+        registry=registry,
+        gates=record.get("gates") or {},
+        audit=reference | {"uri": cfg.audit.uri},
+    )
+
+
 def finalize_run(scalars: dict, overrides: list, gates: dict, runner: str, failed: bool, error: str | None) -> None:
     """The exit handler's work: a failed run (or one that could not start) still gets its trail record (outcome
     `failed`), a summary that says where it stopped and why, a report, and a closed MLflow parent run. A run that
@@ -86,6 +105,9 @@ def finalize_run(scalars: dict, overrides: list, gates: dict, runner: str, faile
     if note.exists():  # the failed step's own words beat the orchestrator's "task X failed"
         failure = json.loads(note.read_text())
         error = f"step {failure['step']} failed: {failure['error']}"
+        if failure["step"] == "resolve_config":
+            # refused before any work (e.g. its run key is another run's): nothing to record under that key
+            cfg = RunConfig(data=DataConfig(dataset=req.dataset))
     error = error or "a pipeline task failed"
     started = started_at(req)
     trail = promotion.record_failure(cfg, folder, started, error)
@@ -93,7 +115,7 @@ def finalize_run(scalars: dict, overrides: list, gates: dict, runner: str, faile
     summary = write_summary(
         folder,
         cfg,
-        RunResults(),
+        RunResults(conclusion=_recorded_conclusion(cfg)),
         profile=req.profile,
         runner=runner,
         started_at=started,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -64,10 +65,23 @@ def run_step(
             tracking.log.warning("could not track the failed step %s: %s", name, secondary)
         raise
     seconds = time.perf_counter() - t0
+    if folder:
+        _clear_failure_note(Path(folder), name)
     result = result.stamped(name, seconds, peak_rss_mb())
     run_id = tracking.log_step(cfg, parent, name, result.model_dump(mode="json"), seconds, artifacts(result))
     console.print(f"{name} done in {seconds:.1f} s")
     return result.model_copy(update={"mlflow_run_id": run_id})
+
+
+def _clear_failure_note(folder: Path, name: str) -> None:
+    """A retry that succeeded takes back its earlier attempt's note: left there, it makes a finished run read as
+    failed. Another step's note stays."""
+    note = folder / FAILURE_NOTE
+    try:
+        if json.loads(note.read_text()).get("step") == name:
+            note.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _paths(artifacts: Callable[[Any], Iterable[Path]]) -> list[Path]:

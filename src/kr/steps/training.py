@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from kr.config import RunConfig
-from kr.data import load_dataset, load_saved_dataset, save_dataset
+from kr.config import ConfigError, RunConfig
+from kr.data import NpzLimits, load_dataset, load_saved_dataset, save_dataset
 from kr.results import (
     DataResult,
     GeneratorResult,
@@ -24,6 +24,7 @@ from kr.run.request import checkpoints_root, from_parts, resolve_request, run_di
 from kr.run.step_table import STEPS, load_step_config, step_config
 from kr.serialization import write_json
 from kr.steps.running import (
+    FAILURE_NOTE,
     SHARD_FILE,
     TEACHER_FILE,
     context_run_dir,
@@ -43,6 +44,13 @@ def resolve_config(scalars: dict, overrides: list, gates: dict, out: Path) -> di
     cfg = resolve_request(req)
     folder = run_dir(req)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        from kr.governance.promotion import refuse_used_run_key
+
+        refuse_used_run_key(cfg)
+    except ConfigError as exc:  # the exit handler must know this run never started: the key is another run's
+        write_json(folder / FAILURE_NOTE, {"step": "resolve_config", "error": str(exc)})
+        raise
     tracking.open_parent(cfg, folder)
     write_json(out, cfg.model_dump(mode="json"))
     sections = {s.name: step_config(cfg, s.name) for s in STEPS}
@@ -64,7 +72,7 @@ def validate_data(config: str, data_dir: Path, docs_dir: Path) -> DataResult:
         from kr.method.metrics import majority_rate
         from kr.validation import validate_real
 
-        data = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.download)
+        data = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.download, limits=NpzLimits.of(cfg.data))
         report = validate_real(data, cfg.validation, Path(docs_dir))
         save_dataset(data, data_dir)
         return DataResult(info=data.info.to_dict(), majority_rate_test=majority_rate(data.y_test), expectations=report)
@@ -98,7 +106,13 @@ def generator_workspace(cfg: RunConfig, data_md5: str, root: Path) -> Path:
     seen = cfg.canaries.enabled and cfg.canaries.generator_copies > 0
     canaries = cfg.canaries.model_dump(mode="json", include=fields) if seen else None
     key = json.dumps(
-        {"generator": cfg.generator.model_dump(mode="json"), "seed": cfg.seed, "data": data_md5, "canaries": canaries}
+        {
+            # `resume` says what to do with a folder, not what is trained in it: it must not name another folder
+            "generator": cfg.generator.model_dump(mode="json", exclude={"resume"}),
+            "seed": cfg.seed,
+            "data": data_md5,
+            "canaries": canaries,
+        }
     )
     return Path(root) / f"generator-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -119,7 +133,7 @@ def train_generator(config: str, data_dir: Path, generator_dir: Path, checkpoint
         work = generator_workspace(cfg, data.info.md5, checkpoints)
         learned = with_canaries(data, canaries, cfg.canaries.generator_copies)
         result = gen.train_generator(
-            learned.x_train, learned.y_train, data.info.n_classes, cfg.generator, work, cfg.seed
+            learned.x_train, learned.y_train, data.info.n_classes, cfg.generator, work, cfg.seed, data.info.md5
         )
         if Path(generator_dir).resolve() != work.resolve():
             shutil.copytree(work, generator_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.pt"))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kr.config import ValidationConfig
-from kr.data import SPLITS, Dataset
+from kr.data import SHARD_KEYS, SPLITS, DataError, Dataset, read_shard
 from kr.validation.suites import SHOW, Table, real_suites, shard_suites
 from kr.validation.tables import class_count_table, image_table, layout_problems, shard_tables
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "validation.json"
 DOCS_SITE = "kr"
-SHARD_KEYS = ("images", "gen_labels", "teacher_logits")
 
 
 class ValidationFailed(ValueError):
@@ -213,11 +212,10 @@ def validate_real(data: Dataset, cfg: ValidationConfig, docs_dir: Path, *, raise
 
 
 def _read_shard(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in SHARD_KEYS if k in z.files}
-    except (OSError, ValueError) as e:  # missing, truncated, not a zip, or pickled arrays
-        return {}, [f"{path}: not a readable shard: {e}"]
+    try:  # bounded: refuses zip bombs, lying headers and object arrays before inflating anything
+        arrays = read_shard(path)
+    except DataError as e:  # missing, truncated, not a zip, unexpected member, pickled arrays, over a limit
+        return {}, [f"not a readable shard: {e}"]
     missing = [k for k in SHARD_KEYS if k not in arrays]
     if missing:
         return arrays, [f"{path}: missing keys {', '.join(missing)}; a shard holds {', '.join(SHARD_KEYS)}"]
@@ -249,8 +247,9 @@ def validate_shard(
     The shard should hold images uint8 (N, C, 28, 28) on the 0-255 scale, gen_labels integer (N,) in
     [0, n_classes) and teacher_logits float (N, n_classes); the `shard_suites` check all of it. The report has the
     keys of `validate_real`'s but `splits`, with `suite` "shard.<file stem>", plus `path` (str) and `class_counts`
-    (list of n_classes ints). A file np.load cannot read (OSError or ValueError, pickled arrays included), a
-    missing key, images and gen_labels failing `layout_problems`, gen_labels of a non-integer dtype, or
+    (list of n_classes ints). A file `kr.data.read_npz` refuses under `SHARD_LIMITS` (unreadable, a member other
+    than those three, a non-numeric or object dtype, a zip bomb or a lying .npy header; nothing is inflated
+    first), a missing key, images and gen_labels failing `layout_problems`, gen_labels of a non-integer dtype, or
     teacher_logits not 2-D with one row per image is refused before any suite runs: the report then holds only
     those failures, `docs` is None, and there are no Data Docs, `path` or `class_counts`. Raises ValidationFailed
     (after writing the artifacts) when the report did not pass and `raise_on_failure` is true.

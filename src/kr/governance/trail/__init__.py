@@ -15,22 +15,39 @@ record, and `record_hash` is the SHA-256 of the canonical JSON of the record wit
 canonical form means every byte of the file is covered: any change is either invalid JSON, a hash mismatch, or a
 non-canonical file, and verification needs no re-formatting rules. `kr audit show` pretty-prints for people.
 
-What the chain alone cannot show is a cut tail (the newest records deleted): `verify()` reports the head it reached,
-and each registered model version carries its record's id and hash to compare against.
+What the chain alone cannot show is a cut tail (the newest records deleted) or a consistent rewrite from some record
+on: `verify()` reports the head it reached (sequence, record_id, record_hash), and `verify(expect=[...])` (`kr audit
+verify --expect-head SEQ:HASH`) checks a head published elsewhere: each registered model version's tags
+(kr.audit_record_id, kr.audit_record_hash) and the run summary. With a key (KR_AUDIT_HMAC_KEY or
+KR_AUDIT_HMAC_KEY_FILE), each record also carries `key_id` and an HMAC `signature` over its record_hash (`signing`),
+so rewriting needs the key as well as write access.
 
-Modules: `chain` (record bytes and hashes, body checks, `Trail`, `VerifyReport`) and `stores` (`FolderStore`,
-`S3Store`, `open_trail`); `stores` imports `chain`, never the reverse. Everything public is re-exported here.
+Beside the records, never listed by `names()`: the head hint `HEAD` (the newest record's sequence and hash, replaced
+by each append: not authoritative, but a hint naming a missing record or another hash fails `verify`), the run index
+`runs/<run_id>.json` (created once per run: the sequence of its record), the probe `.probe/conditional-write.json`
+(a store must refuse to create it twice) and lease tickets `leases/<name>/`. With them an append reads a constant
+number of objects, not the whole trail. docs/audit-trail.md has the whole design and how to run it.
+
+Modules: `base` (`TrailError`, the `Store` protocol), `signing` (`HmacKey`), `lease` (`Lease`), `chain` (record
+bytes and hashes, body checks, `Trail`, `VerifyReport`, `RecordRef`) and `stores` (`FolderStore`, `S3Store`,
+`open_trail`); `stores` imports `chain`, `chain` imports `lease` and `signing`, never the reverse. Everything public
+is re-exported here.
 """
 
+from kr.governance.trail.base import Store, TrailError
 from kr.governance.trail.chain import (
     CHAIN_FIELDS,
     GENESIS,
+    HEAD_KEY,
     MAX_RECORD_BYTES,
+    PROBE_KEY,
     REQUIRED_FIELDS,
+    RUNS_PREFIX,
     SCHEMA,
-    Store,
+    SIGNATURE_FIELDS,
+    UNHASHED_FIELDS,
+    RecordRef,
     Trail,
-    TrailError,
     VerifyReport,
     canonical,
     normalise_body,
@@ -39,15 +56,31 @@ from kr.governance.trail.chain import (
     sha256_file,
     stored_bytes,
 )
+from kr.governance.trail.lease import LEASES_PREFIX, Lease, LeaseError, LeaseLost, LeaseTimeout
+from kr.governance.trail.signing import KEY_ENV, KEY_FILE_ENV, HmacKey
 from kr.governance.trail.stores import FolderStore, S3Store, open_trail, s3_client
 
 __all__ = [
     "CHAIN_FIELDS",
     "GENESIS",
+    "HEAD_KEY",
+    "KEY_ENV",
+    "KEY_FILE_ENV",
+    "LEASES_PREFIX",
     "MAX_RECORD_BYTES",
+    "PROBE_KEY",
     "REQUIRED_FIELDS",
+    "RUNS_PREFIX",
     "SCHEMA",
+    "SIGNATURE_FIELDS",
+    "UNHASHED_FIELDS",
     "FolderStore",
+    "HmacKey",
+    "Lease",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseTimeout",
+    "RecordRef",
     "S3Store",
     "Store",
     "Trail",
