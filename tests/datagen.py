@@ -82,3 +82,9 @@ def kr(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> sub
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def git(*args: str, cwd: Path) -> str:
+    """`git ARGS` in `cwd` with a throwaway identity and no signing; its stdout, stripped. Raises CalledProcessError."""
+    identity = ["-c", "user.name=kr test", "-c", "user.email=kr@test.invalid", "-c", "commit.gpgsign=false"]
+    return subprocess.run(["git", *identity, *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()

@@ -59,6 +59,7 @@ class _Planted:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
 
 
+@pytest.mark.fault
 def test_a_planted_pickle_never_runs_and_resume_falls_back(tmp_path: Path, caplog) -> None:
     out, marker = tmp_path / "gen", tmp_path / "marker"
     _train(out)
@@ -73,6 +74,7 @@ def test_a_planted_pickle_never_runs_and_resume_falls_back(tmp_path: Path, caplo
     assert "weights_only" in caplog.text and "step-000004" in caplog.text
 
 
+@pytest.mark.fault
 def test_a_planted_pickle_in_the_only_checkpoint_means_step_0(tmp_path: Path, caplog) -> None:
     out, marker = tmp_path / "gen", tmp_path / "marker"
     _train(out, train_steps=2)
@@ -97,6 +99,7 @@ def test_checkpoint_state_holds_plain_values_and_a_manifest(tmp_path: Path) -> N
         assert all(hashlib.sha256((ckpt.path / n).read_bytes()).hexdigest() == d for n, d in digests.items())
 
 
+@pytest.mark.fault
 def test_another_datasets_folder_is_refused_naming_both_md5s(tmp_path: Path) -> None:
     out = tmp_path / "gen"
     _train(out, md5=MD5_A)
@@ -121,6 +124,7 @@ def test_resume_never_deletes_the_old_run_and_starts_at_step_0(tmp_path: Path, c
     assert _train(out, md5=MD5_B, train_steps=6)["resumed_from"] == 4
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("damage", ["truncated", "truncated_with_matching_digest"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path, caplog, damage: str) -> None:
     out = tmp_path / "gen"
@@ -187,6 +191,7 @@ def _full_disk(_obj, f, *args, **kwargs) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.fault
 def test_a_full_disk_mid_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "gen"
     _train(out, train_steps=2)
@@ -277,6 +282,7 @@ def test_save_classifier_syncs_before_its_rename(tmp_path: Path, monkeypatch) ->
     assert classifier.load_classifier(tmp_path / "m/teacher.pt").arch == model.arch
 
 
+@pytest.mark.fault
 def test_save_classifier_on_a_full_disk_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "teacher.pt"
     classifier.save_classifier(classifier.SmallResNet(1, 2, width=4, blocks_per_stage=1), path)

@@ -388,6 +388,7 @@ def peak_mb(fn, *args, **kwargs) -> tuple[BaseException | None, float]:
     return raised, peak
 
 
+@pytest.mark.fault
 def test_zip_bomb_refused_before_inflating(tmp_path):
     members = tiny_members()
     del members["train_images.npy"]
@@ -415,6 +416,7 @@ def test_zip_bomb_under_official_name_is_refused_by_md5_before_any_member_is_ope
     assert opened == [] and peak < 32
 
 
+@pytest.mark.fault
 def test_lying_header_claiming_a_huge_shape(tmp_path):
     """A 1 KB member whose header claims (10**9, 28, 28): refused from the header, never a MemoryError."""
     members = tiny_members()

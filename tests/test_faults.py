@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 from servers import free_port, mlflow_server, moto_server
+from test_registry import passing_gates
 
 from kr.config import ClassifierConfig, RunConfig
 from kr.governance import promotion, registry
-from kr.governance.gates import evaluate_gates
 from kr.governance.trail import open_trail
 from kr.method.classifier import build_classifier, save_classifier
 from kr.results import DataResult, GatesResult, RunResults, StudentResult
@@ -78,15 +78,7 @@ def config(stack: dict, key: str, uri: str | None = None) -> RunConfig:
 
 def results(cfg: RunConfig, accuracy: float) -> RunResults:
     """What the steps before the conclusion hand it: passing gates and a student scored `accuracy`."""
-    privacy = {
-        "n_nonmembers": 200,
-        "student": {"strongest": {"auc": 0.5, "tpr_at_1pct_fpr": 0.01}},
-        "canaries": {"teacher": {"auc": 0.95}, "student": {"auc": 0.5, "epsilon_lower_bound": {"epsilon": 0.0}}},
-        "memorization": {"near_copy_fraction": 0.0},
-    }
-    recalls = {"0": {"n": 10, "recall": accuracy}, "1": {"n": 10, "recall": accuracy}}
-    gates = evaluate_gates(cfg, {"md5": MD5}, 0.5, accuracy, accuracy, privacy, recalls)
-    assert gates["passed"]
+    gates = passing_gates(cfg, accuracy)
     c = MlflowClient(tracking_uri=cfg.tracking.uri)
     exp = c.get_experiment_by_name("faults")
     run_id = c.create_run(exp.experiment_id).info.run_id
@@ -133,6 +125,7 @@ def restarted(stack: dict):
         yield server.uri
 
 
+@pytest.mark.fault
 def test_two_runs_concluding_at_once_leave_the_better_champion(stack) -> None:
     """20 repetitions of two runs concluding at once on one model name (0.90 and 0.80, tolerance 1 pp): the 0.90
     student is champion every time, both decisions are in the trail, and the registry tags say the same."""
@@ -157,6 +150,7 @@ def test_two_runs_concluding_at_once_leave_the_better_champion(stack) -> None:
     assert open_trail(stack["audit"]).verify().ok
 
 
+@pytest.mark.fault
 def test_mlflow_down_at_registration(stack) -> None:
     """The registry is down when the run registers: the conclusion fails, the exit handler's record says failed,
     the champion is untouched, and no version claims a decision."""
@@ -175,6 +169,7 @@ def test_mlflow_down_at_registration(stack) -> None:
         assert decisions(uri) == {"champion-run": "promoted"}
 
 
+@pytest.mark.fault
 def test_mlflow_down_at_the_alias_move(stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry goes down after the trail recorded a promotion, before the alias moved: the conclusion fails,
     the champion is untouched, the version stays pending; once MLflow is back, the retry completes the recorded
@@ -201,6 +196,7 @@ def test_mlflow_down_at_the_alias_move(stack, monkeypatch: pytest.MonkeyPatch) -
     assert [r["run_id"] for r in trail.records()] == ["champion-run", "better-run"] and trail.verify().ok
 
 
+@pytest.mark.fault
 def test_s3_down_at_the_trail_append(stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trail's S3 becomes unreachable at the append: no alias moves without its record, the version is tagged
     failed by the exit handler, and the trail holds no half record."""
@@ -230,6 +226,7 @@ def test_s3_down_at_the_trail_append(stack, monkeypatch: pytest.MonkeyPatch) -> 
     assert [r["run_id"] for r in trail.records()] == ["champion-run"] and trail.verify().ok
 
 
+@pytest.mark.fault
 def test_a_repeated_run_key_is_refused_before_any_work(stack) -> None:
     """A second run presenting the key of a concluded run is refused by the first task, with a message."""
     from kr.steps import resolve_config
@@ -249,6 +246,7 @@ def test_a_repeated_run_key_is_refused_before_any_work(stack) -> None:
     assert note["step"] == "resolve_config"
 
 
+@pytest.mark.fault
 def test_run_keys_do_not_repeat_under_a_seeded_random() -> None:
     """kfp.local's run id comes from Python's global `random`: seeded, it repeats. kr's keys do not."""
     import random
@@ -261,6 +259,7 @@ def test_run_keys_do_not_repeat_under_a_seeded_random() -> None:
     assert new_run_key() != first
 
 
+@pytest.mark.fault
 def test_the_exit_handler_completes_a_recorded_promotion(stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that recorded its promotion and then died before the alias moved (no retry left): the exit handler
     moves the alias under the lease and writes a summary that tells the trail's story (promoted, with the version),
@@ -290,3 +289,21 @@ def test_the_exit_handler_completes_a_recorded_promotion(stack, monkeypatch: pyt
     assert summary["status"] == "failed" and summary["outcome"] == "promoted"
     assert summary["registry"]["version"] == version == champion(stack["server"].uri)
     assert decisions(stack["server"].uri)["dying-run"] == "promoted"
+
+
+@pytest.mark.fault
+def test_logging_the_dataset_leaves_the_parent_run_running(tmp_path: Path) -> None:
+    """The parent run stays RUNNING until `summarize` closes it: it used to read FINISHED as soon as the dataset was
+    logged, so a run that then failed in its conclusion showed as a finished run in MLflow."""
+    from datagen import write_npz
+
+    from kr.data import load_dataset
+    from kr.run import tracking
+
+    cfg = RunConfig.model_validate(
+        {"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "run": {"run_key": "k"}}
+    )
+    parent = tracking.open_parent(cfg, tmp_path)
+    tracking.log_dataset(cfg, parent, load_dataset(str(write_npz(tmp_path / "tiny.npz"))))
+    run = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(parent)
+    assert run.info.status == "RUNNING" and run.inputs.dataset_inputs[0].dataset.digest

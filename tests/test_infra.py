@@ -21,6 +21,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from datagen import git
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 
 from kr.pipelines.knowledge_recycling import ClusterSettings
@@ -848,16 +849,6 @@ def build_images(*args, cwd=ROOT, env=None, check=True) -> subprocess.CompletedP
     if check:
         assert done.returncode == 0, done.stderr
     return done
-
-
-def git(*args, cwd) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=kr test", "-c", "user.email=kr@test.invalid", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture

@@ -181,6 +181,7 @@ def kill_then_rerun(
         torch.set_num_threads(threads)
 
 
+@pytest.mark.fault
 def test_kill_during_train_teacher_then_rerun(tmp_path: Path, data: dict) -> None:
     out = tmp_path / "teacher"
     left: list[str] = []  # what the killed attempt wrote: nothing, weights are written once, at the end
@@ -208,6 +209,7 @@ def test_kill_during_train_teacher_then_rerun(tmp_path: Path, data: dict) -> Non
     assert load_classifier(out / "teacher.pt").arch["n_classes"] == N_CLASSES
 
 
+@pytest.mark.fault
 def test_kill_during_train_generator_then_rerun(tmp_path: Path, data: dict) -> None:
     cfg = config()
     checkpoints, out = tmp_path / "checkpoints", tmp_path / "generator"
@@ -260,6 +262,7 @@ def write_shard(folder: Path, n: int, seed: int) -> Path:
     return folder
 
 
+@pytest.mark.fault
 def test_kill_during_train_student_then_rerun(tmp_path: Path, data: dict) -> None:
     shards = [str(write_shard(tmp_path / f"shard-{i}", 64, i)) for i in range(2)]
     shard_md5 = [file_md5(Path(s) / "shard.npz") for s in shards]

@@ -139,6 +139,7 @@ def test_passing_run_is_tracked_registered_and_promoted(embedded) -> None:
     s = embedded["passed"]
     assert s["dataset"]["md5"] == "750601b1f35ba3300ea97c75c52ff8f6" and s["dataset"]["n_train"] == 546
     assert s["outcome"] == "promoted" and s["gates"]["passed"]
+    digest = s["registry"].pop("artifact_sha256")
     assert s["registry"] == {
         "model_name": MODEL,
         "version": "1",
@@ -148,6 +149,8 @@ def test_passing_run_is_tracked_registered_and_promoted(embedded) -> None:
     }
     c = _client(embedded["uri"])
     version = c.get_model_version(MODEL, "1")
+    # the version's files as the store holds them, and its decision as the trail holds it
+    assert version.tags["kr.artifact_sha256"] == digest and version.tags["kr.decision"] == "promoted"
     # every gate's threshold, value and verdict is on the version, and the version points to its audit record
     assert version.tags["gate.accuracy.verdict"] == "pass" and version.tags["gate.privacy.verdict"] == "pass"
     assert version.tags["gate.privacy.student_attack_auc_distance_from_chance.threshold"] == "<= 0.5"

@@ -14,6 +14,7 @@ from kr.results import StepResult
 from kr.steps.running import FAILURE_NOTE, run_step
 
 
+@pytest.mark.fault
 def test_archive_stays_inside_the_run_folder_whatever_the_summary_says(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -30,6 +31,7 @@ def _hold(out: str, ready, release) -> None:
         release.wait(30)
 
 
+@pytest.mark.fault
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
@@ -46,6 +48,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.fault
 def test_a_step_that_succeeds_on_retry_removes_its_failure_note(tmp_path: Path) -> None:
     cfg = RunConfig()
     attempts = []

@@ -3,11 +3,11 @@ the code version every record carries (kr.run.tracking.code_version)."""
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from datagen import git
 
 import kr
 from kr import runtime
@@ -119,16 +119,6 @@ def test_the_thread_choice_is_logged_once(tmp_path, affinity, monkeypatch, caplo
 # --- code version -----------------------------------------------------------------------------------------------
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=kr test", "-c", "user.email=kr@test.invalid", "-c", "commit.gpgsign=false", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture

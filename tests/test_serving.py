@@ -171,6 +171,7 @@ def test_verified_champion_predicts_the_students_probabilities(store: dict) -> N
         shutil.rmtree(local.parent)
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("target", ["weights", "serving_model.py", "MLmodel"])
 def test_a_changed_file_in_the_store_is_refused(store: dict, tmp_path: Path, target: str) -> None:
     logged = log(store)
@@ -225,6 +226,7 @@ def test_versions_without_a_valid_promoted_record_are_refused(store: dict, tmp_p
     refused("no model version m@champion")
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("serialization", ["pickle", "pt2"])
 def test_a_pytorch_flavour_model_is_refused(store: dict, tmp_path: Path, serialization: str) -> None:
     """A version logged with MLflow's PyTorch flavour (the whole module pickled, or MLflow 3's default torch.export

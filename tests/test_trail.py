@@ -452,6 +452,7 @@ def test_verify_prints_the_head_sequence_and_hash(trail: Trail) -> None:
     assert "3 record(s)" in out and "000003-run-3" in out and entries[2]["record_hash"] in out
 
 
+@pytest.mark.fault
 def test_a_cut_tail_fails_expect_head(trail: Trail, folder: Path) -> None:
     entries = fill(trail)
     head = f"3:{entries[2]['record_hash']}"
@@ -468,6 +469,7 @@ def test_a_cut_tail_fails_expect_head(trail: Trail, folder: Path) -> None:
     assert cli("audit", "verify", "--uri", trail.uri, "--expect-head", older).exit_code == 0
 
 
+@pytest.mark.fault
 def test_a_consistently_rewritten_chain_fails_expect_head(trail: Trail, folder: Path) -> None:
     entries = fill(trail)
     forget_hints(folder)
@@ -565,6 +567,7 @@ def test_key_file_from_a_mounted_secret(tmp_path: Path, folder: Path, monkeypatc
         open_trail(str(folder)).append(body("run-2"))
 
 
+@pytest.mark.fault
 def test_an_insider_without_the_key_is_caught(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fill(open_trail(str(folder)), 1)  # record 1 predates signing: allowed unless signatures are required
     monkeypatch.setenv("KR_AUDIT_HMAC_KEY", KEY)
@@ -640,6 +643,7 @@ class IgnoresConditions(FolderStore):
         return True
 
 
+@pytest.mark.fault
 def test_a_store_ignoring_conditional_writes_is_refused(folder: Path) -> None:
     trail = Trail(IgnoresConditions(folder))
     with pytest.raises(TrailError, match=r"does not honour conditional writes \(If-None-Match\)"):
