@@ -6,6 +6,9 @@
 # resolves that tag to its digest and builds from
 #   BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime@sha256:<digest>
 # (recorded in its images lock and in the image's org.opencontainers.image.base.name label; --gpu-base names another).
+# Air-gapped sites: load the CUDA base into the local engine (docker load) and fill docker/wheelhouse
+# (scripts/build-images --wheelhouse): the builder stage then installs without any network. Or build the GPU image
+# from docker/cpu.Dockerfile with TORCH_BUILD=cuda and a CUDA torch wheel in the wheelhouse (docs/deploy.md).
 # Build context: the repository root (see .dockerignore).
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
 
@@ -17,6 +20,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
+# With wheels in docker/wheelhouse pip installs from it alone, without an index (see docker/cpu.Dockerfile).
+COPY docker/wheelhouse ./wheelhouse
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 COPY components ./components
@@ -26,7 +31,9 @@ COPY pipelines ./pipelines
 # `torch>=2.4` is already satisfied and pip leaves it alone; every other package gets its constraints.txt version.
 # kr is built as a wheel first, so no source tree reaches the final stage. medmnist comes without its torchvision
 # requirement, as in scripts/bootstrap.
-RUN grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt \
+RUN if [ -n "$(find wheelhouse -maxdepth 1 -name '*.whl' -print -quit)" ]; then \
+        export PIP_NO_INDEX=1 PIP_FIND_LINKS=/build/wheelhouse; echo "pip: the wheelhouse only, no index"; fi \
+    && grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt \
     && python -m venv --system-site-packages /opt/venv \
     && /opt/venv/bin/pip wheel --no-deps --wheel-dir /build/wheels . \
     && /opt/venv/bin/pip install --constraint constraints-gpu.txt /build/wheels/kr-*.whl \

@@ -9,7 +9,9 @@ Fails the build when the image does not hold what the tests ran against:
 - torch is the expected version and build (CUDA or CPU);
 - a component image's build commit (KR_COMMIT, KR_DIRTY) is what kr records as its code version;
 - no C/C++ compiler is on PATH (no build tools in the final stage);
-- the process does not run as root.
+- the process does not run as root;
+- with --freeze: `pip freeze` of the venv lists nothing that is not pinned (constraints files, --pin), at that
+  exact version (the roots themselves, e.g. kr installed from its wheel, are exempt; torch is checked separately).
 Standard library only, so it also runs in the MLflow image (--mlflow).
 """
 
@@ -105,6 +107,34 @@ def check_provenance(checkout: str | None = None) -> list[str]:
     return []
 
 
+def check_freeze(pins: dict[str, str], roots: set[str], skip: set[str]) -> list[str]:
+    """`pip freeze` of this interpreter's environment against the pins: every distribution it lists (pip's own
+    defaults leave out pip, setuptools and wheel) is pinned, at exactly the installed version."""
+    done = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, check=False)
+    if done.returncode:
+        return ["pip freeze failed: " + done.stderr.strip()]
+    errors = []
+    for line in done.stdout.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if " @ " in line:  # NAME @ URL: installed from a file (kr's own wheel)
+            name, version = canonical(line.split(" @ ", 1)[0]), None
+        elif "==" in line:
+            name, version = line.split("==", 1)
+            name = canonical(name)
+        else:
+            errors.append(f"pip freeze: cannot read {line!r}")
+            continue
+        if name in roots or name in skip:
+            continue
+        if name not in pins:
+            errors.append(f"pip freeze: {line} is installed but not pinned")
+        elif version != pins[name]:
+            errors.append(f"pip freeze: {line}, the pin is {pins[name]}")
+    return errors
+
+
 def read_roots(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         lines = [line.split("#", 1)[0].strip() for line in f.read().splitlines()]
@@ -122,12 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--cpu", action="store_true", help="torch must be a CPU-only build")
     parser.add_argument("--mlflow", action="store_true", help="check the MLflow server image instead")
     parser.add_argument("--pip-check", action="store_true", help="also run `pip check`")
+    parser.add_argument("--freeze", action="store_true", help="`pip freeze` lists only pinned versions")
+    parser.add_argument(
+        "--no-deps", action="append", default=[], help="a distribution installed without its dependencies on purpose"
+    )
+    parser.add_argument("--pin", action="append", default=[], help="NAME==VERSION pinned outside the files")
     args = parser.parse_args(argv)
 
     errors = []
     pins = {}
     for path in args.constraints:
         pins.update(read_pins(path))
+    for pin in args.pin:
+        name, version = pin.split("==", 1)
+        pins[canonical(name)] = version
     roots = args.root + [root for path in args.roots_from for root in read_roots(path)]
     if not roots:
         parser.error("name the image's distributions with --root or --roots-from")
@@ -167,8 +205,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pip_check:
         done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
-        if done.returncode:
-            errors.append("pip check: " + done.stdout.strip())
+        no_deps = {canonical(name) for name in args.no_deps}
+        problems = [
+            line
+            for line in done.stdout.splitlines()
+            if line.strip() and canonical(line.split(" ", 1)[0]) not in no_deps and not line.startswith("No broken")
+        ]
+        if done.returncode and problems:
+            errors.append("pip check: " + "\n".join(problems))
+
+    if args.freeze:
+        errors += check_freeze(pins, {canonical(root.split("[", 1)[0]) for root in roots}, skip={"torch"})
 
     for error in errors:
         print(f"verify_image: {error}", file=sys.stderr)

@@ -18,12 +18,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from kfp import local
 
 from kr.pipelines.knowledge_recycling import build_pipeline
 from kr.pipelines.settings import ClusterSettings
-from kr.steps import RUN_DIR_ENV, RunRequest
+from kr.steps import POLICY_ENV, RUN_DIR_ENV, RunConfig, RunRequest, resolve_request
 
 RUNNER = "kfp.local"
 LOCAL_IMAGE = "local"  # the SubprocessRunner ignores images and runs the components in this environment
@@ -48,6 +50,10 @@ STAMP = re.compile(r"[^0-9A-Za-z+-]")
 
 class PipelineFailed(RuntimeError):
     """The pipeline ended with a failed task; the message names the step and its error when the run recorded it."""
+
+
+class ContainerEngineError(RuntimeError):
+    """`kr run --image` without a Docker engine that answers, or without the image in it."""
 
 
 class RunFolderBusy(RuntimeError):
@@ -105,15 +111,101 @@ def archive_previous(out: Path) -> Path | None:
     return dest
 
 
-def run_local(req: RunRequest, out: Path, cache_root: Path | None = None) -> dict:
+# what a task's container gets from this environment, when set: credentials, endpoints, the trail's key, the policy
+PASSED_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "KR_AUDIT_HMAC_KEY",
+    "KR_AUDIT_HMAC_KEY_FILE",
+    POLICY_ENV,
+    "OMP_NUM_THREADS",
+)
+
+
+def run_local(req: RunRequest, out: Path, cache_root: Path | None = None, image: str | None = None) -> dict:
     """Execute the pipeline into the run folder `out`; returns the summary. `cache_root`: reuse tasks from (and add
-    them to) kfp.local's cache there; None: execute every task. Raises PipelineFailed when the run failed."""
+    them to) kfp.local's cache there; None: execute every task. `image`: run every task in its own container of
+    that image (kfp.local's DockerRunner; `container_runner` says what it mounts); None: as subprocesses of this
+    Python. Raises PipelineFailed when the run failed, RunFolderBusy when another run writes into `out`."""
     out = Path(out).resolve()
+    if image:
+        check_engine(image)  # before anything in `out` moves
     with run_folder_lock(out):
-        return _run_locked(req, out, cache_root)
+        return _run_locked(req, out, cache_root, image)
 
 
-def _run_locked(req: RunRequest, out: Path, cache_root: Path | None) -> dict:
+def check_engine(image: str) -> None:
+    """Raise ContainerEngineError unless a Docker engine answers and holds `image` (kfp.local would try to pull it)."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise ContainerEngineError(f"no Docker engine answers ({exc}); start one, or run without --image") from exc
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise ContainerEngineError(
+            f"image {image!r} is not in the local Docker engine; build it (scripts/build-images) or pull it first"
+        ) from None
+    finally:
+        client.close()
+
+
+def container_runner(cfg: RunConfig, out: Path, checkpoints: Path) -> local.DockerRunner:
+    """kfp.local's DockerRunner for a run of `cfg` into `out`: host networking (the tracking server, the S3 API and
+    the trail on 127.0.0.1 answer as they do here), this user's uid:gid (files in the run folder stay the user's),
+    the PASSED_ENV variables that are set, and bind mounts at the same paths for every host folder the tasks read
+    or write: the run folder and checkpoints (read-write), an embedded MLflow store and a folder trail (read-write),
+    the data folder or file and the gate policy (read-only). kfp.local mounts the pipeline root itself. s3:// data
+    and trails and http(s) tracking need no mount."""
+    from docker.types import Mount
+
+    writable = [out, checkpoints]
+    readable: list[Path] = []
+    if cfg.tracking.uri and cfg.tracking.uri.startswith("sqlite:///"):
+        writable.append(Path(cfg.tracking.uri.removeprefix("sqlite:///")).parent)
+    for uri in (cfg.tracking.artifact_location, cfg.audit.uri):
+        if uri and "://" not in uri:
+            writable.append(Path(uri))
+        elif uri and uri.startswith("file://"):
+            writable.append(Path(url2pathname(urlsplit(uri).path)))
+    dataset = Path(cfg.data.dataset)
+    if cfg.data.dataset.endswith(".npz") and "://" not in cfg.data.dataset:
+        readable.append(dataset.resolve().parent)
+    elif cfg.data.data_root and "://" not in cfg.data.data_root:
+        readable.append(Path(cfg.data.data_root))
+    if os.environ.get(POLICY_ENV):
+        readable.append(Path(os.environ[POLICY_ENV]).resolve().parent)
+    mounts: dict[str, Mount] = {}
+    for path in writable:
+        path = Path(path).resolve()
+        path.mkdir(parents=True, exist_ok=True)  # docker would create a missing source as root
+        mounts.setdefault(str(path), Mount(target=str(path), source=str(path), type="bind"))
+    for path in readable:  # a folder both read and written stays writable
+        path = Path(path).resolve()
+        mounts.setdefault(str(path), Mount(target=str(path), source=str(path), type="bind", read_only=True))
+    env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
+    # HOME: a uid the image does not know still needs somewhere to cache (matplotlib, torch)
+    env |= {RUN_DIR_ENV: str(out), "HOME": "/tmp"}
+    return local.DockerRunner(
+        mounts=list(mounts.values()),
+        environment=env,
+        network_mode="host",
+        user=f"{os.getuid()}:{os.getgid()}",
+    )
+
+
+def _run_locked(req: RunRequest, out: Path, cache_root: Path | None, image: str | None) -> dict:
     archive_previous(out)
     started = req.started_at or datetime.now(UTC).isoformat(timespec="seconds")
     checkpoints = req.checkpoints_root or str(cache_root.parent / "checkpoints" if cache_root else out / "checkpoints")
@@ -123,9 +215,12 @@ def _run_locked(req: RunRequest, out: Path, cache_root: Path | None) -> dict:
     req = req.model_copy(
         update={"run_dir": str(out), "started_at": started, "checkpoints_root": checkpoints, "run_key": key}
     )
-    # use_venv=False: components run in this interpreter, where kr and torch are already installed
+    if image:
+        runner = container_runner(resolve_request(req), out, Path(checkpoints))
+    else:  # use_venv=False: components run in this interpreter, where kr and torch are already installed
+        runner = local.SubprocessRunner(use_venv=False)
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=runner,
         pipeline_root=str(out / "kfp"),
         raise_on_error=False,
         enable_caching=cache_root is not None,
@@ -139,7 +234,8 @@ def _run_locked(req: RunRequest, out: Path, cache_root: Path | None) -> dict:
     # the tasks' run folder, told outside their inputs so that it never enters a cache key
     os.environ[RUN_DIR_ENV] = str(out)
     try:
-        build_pipeline(LOCAL_IMAGE, local_settings, runner=RUNNER)(**req.pipeline_arguments())
+        runner_name = f"{RUNNER}/docker" if image else RUNNER
+        build_pipeline(image or LOCAL_IMAGE, local_settings, runner=runner_name)(**req.pipeline_arguments())
     finally:
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)

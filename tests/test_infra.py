@@ -461,7 +461,12 @@ def test_overlays_hold_no_secret_and_every_secret_they_use_is_in_infra_secrets(r
 def test_infra_secrets_create_what_the_compiled_pipeline_reads(rendered):
     generated = {(s["metadata"]["namespace"], s["metadata"]["name"]): s["data"] for s in rendered["secrets"]}
     cluster = ClusterSettings()
-    assert set(cluster.secret_env) == {cluster.mlflow_secret, cluster.s3_secret, cluster.signing_secret}
+    assert set(cluster.secret_env) == {
+        cluster.mlflow_secret,
+        cluster.s3_secret,
+        cluster.signing_secret,
+        cluster.data_s3_secret,
+    }
     for secret, mapping in cluster.secret_env.items():
         assert (PIPELINE_NS, secret) in generated, f"no Secret {PIPELINE_NS}/{secret} for the pipeline"
         assert set(mapping) <= set(generated[(PIPELINE_NS, secret)]), secret

@@ -364,7 +364,7 @@ def _options(args: list[str]) -> dict:
             i += 1
         else:
             value = args[i + 1]
-            opts[names[arg]] = Path(value) if names[arg] in ("config", "data_root") else value
+            opts[names[arg]] = Path(value) if names[arg] == "config" else value
             i += 2
     return opts
 
@@ -460,3 +460,15 @@ def test_cluster_requests_carry_the_configs_values(tmp_path: Path) -> None:
     cfg = resolve_request(RunRequest(**{**args, "kfp_run_id": "run-1"}))
     assert cfg.data.dataset == "pneumoniamnist" and cfg.data.data_root == "/mnt/kr-runs/mine"
     assert cfg.audit.uri == "s3://kr-audit/t"
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_an_s3_data_root_reaches_the_config_as_written(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local run makes a folder data root absolute; an s3:// one must stay as written (it was turned into
+    `<cwd>/s3:/bucket/prefix`)."""
+    args = ["--data-root", "s3://kr-data/medmnist"] if source == "flag" else []
+    if source == "env":
+        monkeypatch.setenv("KR_DATA_ROOT", "s3://kr-data/medmnist")
+    result = CliRunner().invoke(app, ["config", "--profile", "smoke", "--json", *args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["data"]["data_root"] == "s3://kr-data/medmnist"

@@ -132,7 +132,8 @@ def test_gpu_settings_on_heavy_steps_only(compiled) -> None:
     assert regen["tolerations"][0]["key"] == "nvidia.com/gpu" and regen["tolerations"][0]["effect"] == "NoSchedule"
     assert "tolerations" not in k8s["exec-train-teacher"]
     secrets = {s["secretName"] for s in k8s["exec-train-student"]["secretAsEnv"]}
-    assert secrets == {"kr-mlflow"}  # it logs to MLflow; only the trail's steps get the S3 keys
+    # it logs to MLflow and reads the data file; only the trail's steps get the trail's S3 keys
+    assert secrets == {"kr-mlflow", "kr-data-s3"}
 
 
 def test_caching_retries_and_the_runs_volume_follow_the_step_table(compiled) -> None:
@@ -196,29 +197,33 @@ def test_the_tasks_that_resolve_the_request_read_the_clusters_gate_policy(compil
 # What each task touches, worked out from the code (docs/deploy.md explains each line): every step that records an
 # MLflow run (kr.steps.running.run_step), opens or closes the parent run, or registers the student needs the MLflow
 # user; artifacts go through the MLflow server (`mlflow-artifacts:`, the server proxies the bucket), so no step needs
-# S3 keys for MLflow. Only the steps that read or append the audit trail (s3://) need the S3 keys.
+# S3 keys for MLflow. Only the steps that read or append the audit trail (s3://) need the trail's S3 keys; only the
+# steps that re-read the data file need the data bucket's (data.dataset or data.data_root = s3://...).
 SECRETS_BY_TASK = {
     "resolve-config": {"kr-mlflow", "kr-s3"},  # refuses a run key the trail or registry holds; opens the parent run
-    "validate-data": {"kr-mlflow"},
-    "train-teacher": {"kr-mlflow"},
-    "train-generator": {"kr-mlflow"},
-    "select-generator": {"kr-mlflow"},
-    "plan-shards": set(),  # arithmetic on info.json: no MLflow run, no trail
-    "regenerate": {"kr-mlflow"},
-    "train-student": {"kr-mlflow"},
-    "train-naive": {"kr-mlflow"},
-    "audit-privacy": {"kr-mlflow"},
+    "validate-data": {"kr-mlflow", "kr-data-s3"},
+    "train-teacher": {"kr-mlflow", "kr-data-s3"},
+    "train-generator": {"kr-mlflow", "kr-data-s3"},
+    "select-generator": {"kr-mlflow", "kr-data-s3"},
+    "plan-shards": set(),  # arithmetic on info.json: no MLflow run, no trail, no data file
+    "regenerate": {"kr-mlflow", "kr-data-s3"},
+    "train-student": {"kr-mlflow", "kr-data-s3"},
+    "train-naive": {"kr-mlflow", "kr-data-s3"},
+    "audit-privacy": {"kr-mlflow", "kr-data-s3"},
     "evaluate-gates": {"kr-mlflow"},
     # register the student, append the trail record, signed with the trail's HMAC key
     "promote": {"kr-mlflow", "kr-s3", "kr-audit-signing"},
     "record-rejection": {"kr-mlflow", "kr-s3", "kr-audit-signing"},
-    "summarize": {"kr-mlflow"},  # closes the parent run; the trail reference comes in the conclusion
+    # closes the parent run (the trail reference comes in the conclusion); the data file for the dataset input and
+    # the sample grid
+    "summarize": {"kr-mlflow", "kr-data-s3"},
     "finalize-run": {"kr-mlflow", "kr-s3", "kr-audit-signing"},  # a failed run's trail record, its closed parent
 }
 SECRET_KEYS = {
     "kr-mlflow": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
     "kr-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
     "kr-audit-signing": {"KR_AUDIT_HMAC_KEY"},
+    "kr-data-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
 }
 
 
@@ -252,6 +257,36 @@ def test_the_step_table_declares_each_steps_secrets() -> None:
         assert set(cluster.step_secrets(step.secrets)) == SECRETS_BY_TASK[step.task], step.name
     with pytest.raises(ValueError, match="unknown secret"):
         type(STEPS[0])("x", secrets=frozenset({"vault"}))
+
+
+def test_no_task_holds_both_the_trail_keys_and_the_data_keys(compiled) -> None:
+    """kr-s3 and kr-data-s3 set the same variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): a pod given both
+    would hold whichever the kubelet set last, for two buckets. The data keys go to exactly the data readers."""
+    from kr.run.step_table import DATA, S3, StepSpec
+
+    spec, platform, _ = compiled
+    k8s = _kubernetes(platform)
+    for name in _executors(spec):
+        secrets = {r["secretName"] for r in k8s.get(name, {}).get("secretAsEnv", [])}
+        assert not {"kr-s3", "kr-data-s3"} <= secrets, name
+    assert {s.task for s in STEPS if "kr-data-s3" in SECRETS_BY_TASK[s.task]} == {s.task for s in STEPS if s.reads_data}
+    with pytest.raises(ValueError, match="set the same variables"):
+        StepSpec("x", reads_data=True, secrets=frozenset({S3, DATA}))
+    with pytest.raises(ValueError, match="exactly when it reads_data"):
+        StepSpec("x", reads_data=True)
+    with pytest.raises(ValueError, match="exactly when it reads_data"):
+        StepSpec("x", secrets=frozenset({DATA}))
+
+
+def test_only_the_tasks_with_the_data_keys_carry_the_data_egress_label(compiled) -> None:
+    from kr.pipelines.settings import ClusterSettings
+
+    spec, platform, _ = compiled
+    k8s = _kubernetes(platform)
+    key, value = ClusterSettings().data_egress_label
+    for name in _executors(spec):
+        labels = k8s[name]["podMetadata"]["labels"]
+        assert (labels.get(key) == value) is ("kr-data-s3" in SECRETS_BY_TASK[name.removeprefix("exec-")]), name
 
 
 def test_every_task_runs_as_the_images_non_root_user(compiled) -> None:

@@ -138,10 +138,13 @@ class DataConfig(Strict):
 
     dataset: str = Field(
         "breastmnist",
-        description="a 2-D MedMNIST flag (28x28 images, e.g. breastmnist) or a path to a .npz in MedMNIST's layout",
+        description="a 2-D MedMNIST flag (28x28 images, e.g. breastmnist), or a path or s3://bucket/key URI of a .npz "
+        "in MedMNIST's layout (S3 credentials from the environment only)",
     )
     data_root: str | None = Field(
-        None, description="folder holding <flag>.npz; None or empty: $KR_DATA_ROOT, else medmnist's ~/.medmnist"
+        None,
+        description="folder or s3://bucket/prefix holding <flag>.npz; None or empty: $KR_DATA_ROOT, else medmnist's "
+        "~/.medmnist",
     )
     download: bool = Field(
         False, description="download a missing MedMNIST file (medmnist checks its MD5); custom .npz paths never are"
@@ -164,6 +167,32 @@ class DataConfig(Strict):
         description="largest ratio of the arrays' decompressed bytes to the file's bytes (zip bombs), checked once the "
         "arrays exceed 64 MB",
     )
+
+    @staticmethod
+    def check_uri(key: str, uri: str, object_required: bool = False) -> None:
+        """A dataset or data root given as a URI (it holds "://") must be s3://bucket/key: a valid bucket name, no
+        credentials (refused first, `check_no_credentials`), no query or fragment, and with `object_required` (a
+        dataset) an object key that is not a folder. Object storage is read with boto3, credentials from the
+        environment only. Raises ValueError naming `key`, the URI redacted (`redact_uri`)."""
+        text = uri.strip()
+        check_no_credentials(key, text)
+        parts = urlsplit(text)
+        scheme, shown = parts.scheme.lower(), repr(redact_uri(text))
+        if scheme != "s3":
+            raise ValueError(
+                f"{key} {shown}: unsupported scheme {scheme!r}; give a MedMNIST flag, a local path, or object storage "
+                "as s3://bucket/key (credentials from the environment, e.g. AWS_ACCESS_KEY_ID)"
+            )
+        if not parts.netloc:
+            raise ValueError(f"{key} {shown} names no bucket: use s3://bucket/key")
+        if not S3_BUCKET.match(parts.netloc):
+            raise ValueError(f"{key} {shown}: {parts.netloc!r} is not a valid S3 bucket name")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{key} {shown}: an S3 location takes no query or fragment")
+        if object_required and (not parts.path.strip("/") or parts.path.endswith("/")):
+            raise ValueError(
+                f"{key} {shown} names no object: use s3://bucket/key.npz (a folder goes in data.data_root)"
+            )
 
 
 class ClassifierConfig(Strict):
@@ -827,7 +856,8 @@ def validation_problems(exc: ValidationError) -> str:
 def validate_config(values: dict[str, Any], what: str) -> RunConfig:
     """`values` validated strictly as a RunConfig, with the checks that need the whole config: the registered model
     name derived from the dataset must be a valid name (`check_model_name`), and a dataset or data root given as a
-    URI carries no credentials. `what` starts the message (e.g. "invalid configuration (profile smoke)").
+    URI is s3://bucket/key without credentials (`DataConfig.check_uri`). `what` starts the message (e.g. "invalid
+    configuration (profile smoke)").
 
     Raises ConfigError listing every failing key.
     """
@@ -839,7 +869,7 @@ def validate_config(values: dict[str, Any], what: str) -> RunConfig:
     for key, value in (("data.dataset", cfg.data.dataset), ("data.data_root", cfg.data.data_root)):
         if value and "://" in value:
             try:
-                check_no_credentials(key, value)
+                DataConfig.check_uri(key, value, object_required=key == "data.dataset")
             except ValueError as exc:
                 problems.append(str(exc))
     if cfg.tracking.model_name is None:

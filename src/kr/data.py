@@ -1,4 +1,6 @@
-"""Load and validate MedMNIST 28x28 2-D datasets (official flags or custom .npz files in the same layout)."""
+"""Load and validate MedMNIST 28x28 2-D datasets (official flags or custom .npz files in the same layout), from a
+local folder or from object storage (s3://bucket/key, fetched into a private temporary file and read as a local one).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +8,22 @@ import hashlib
 import json
 import math
 import os
+import re
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import medmnist
 import numpy as np
 from medmnist.info import DEFAULT_ROOT, INFO
 
-from kr.config import DataConfig
+from kr.config import DataConfig, redact_uri
 
 SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels"))
@@ -31,11 +37,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a loaded dataset is: its identity (name, absolute path, MD5 of the file, source) and its shape (task,
-    classes, channels, image size in pixels, images per split)."""
+    """What a loaded dataset is: its identity (name, absolute path or s3:// URI, MD5 of the file, source) and its
+    shape (task, classes, channels, image size in pixels, images per split)."""
 
     name: str
-    path: str
+    path: str  # an absolute local path, or the s3://bucket/key it was fetched from (each later read fetches it again)
     md5: str
     source: str  # 'medmnist' (known flag, MD5 verified) or 'file' (custom .npz)
     task: str  # 'binary-class' or 'multi-class'
@@ -80,9 +86,14 @@ class Dataset:
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path:
-    """Explicit argument, else $KR_DATA_ROOT, else medmnist's default folder (~/.medmnist)."""
+    """Explicit argument, else $KR_DATA_ROOT, else medmnist's default folder (~/.medmnist). A local folder only:
+    `dataset_location` also takes an s3:// data root."""
+    return Path(_root_text(data_root)).expanduser()
+
+
+def _root_text(data_root: str | Path | None) -> str:
     root = data_root if data_root not in (None, "") else os.environ.get("KR_DATA_ROOT") or DEFAULT_ROOT
-    return Path(root).expanduser()
+    return os.fspath(root)
 
 
 def file_md5(path: Path) -> str:
@@ -100,24 +111,67 @@ def valid_flags() -> list[str]:
 
 
 def _is_path(dataset: str) -> bool:
+    """A path or URI of a custom file (as opposed to a MedMNIST flag)."""
     return dataset.endswith(".npz") or any(sep and sep in dataset for sep in ("/", os.sep, os.altsep))
 
 
-def dataset_path(dataset: str, data_root: str | Path | None) -> Path:
-    """Absolute path of a custom .npz (relative to the cwd) or of <root>/<flag>.npz for a MedMNIST 2-D flag.
+def _is_uri(text: str) -> bool:
+    return "://" in text
 
-    Raises DataError for a 3-D or unknown flag. The file need not exist.
+
+def is_s3_uri(location: str | Path) -> bool:
+    """Whether a dataset location (`dataset_location`, `DatasetInfo.path`) is an s3:// URI rather than a local path."""
+    return isinstance(location, str) and location.strip().lower().startswith("s3://")
+
+
+def _check_uri(key: str, uri: str, object_required: bool) -> tuple[str, str]:
+    """(bucket, key or prefix without surrounding slashes) of an s3:// URI, checked as `DataConfig.check_uri` does.
+    Raises DataError naming `key` (the URI redacted, never a credential)."""
+    try:
+        DataConfig.check_uri(key, uri, object_required=object_required)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    parts = urlsplit(uri.strip())
+    return parts.netloc, parts.path.strip("/")
+
+
+def dataset_location(dataset: str, data_root: str | Path | None) -> str | Path:
+    """Where a dataset's file is: an s3://bucket/key URI (a str) or an absolute local Path.
+
+    A custom file: `dataset` itself, a local path (relative to the cwd) or an s3://bucket/key URI. A MedMNIST 2-D
+    flag: <root>/<flag>.npz, root being `data_root`, else $KR_DATA_ROOT, else ~/.medmnist, a folder or an
+    s3://bucket/prefix. Raises DataError for a 3-D or unknown flag and for a URI that is not s3://bucket/key (another
+    scheme, an invalid bucket, credentials, a query). The file need not exist.
     """
+    if _is_uri(dataset):
+        bucket, key = _check_uri("data.dataset", dataset, object_required=True)
+        return f"s3://{bucket}/{key}"
     if _is_path(dataset):
         return Path(dataset).expanduser().absolute()
     flag = dataset.strip().lower()
     if flag not in valid_flags():
         kind = "3-D MedMNIST datasets are not supported" if flag in INFO else "unknown dataset name"
         raise DataError(
-            f"{dataset}: {kind}; expected a path to a .npz file or one of the 2-D MedMNIST flags: "
-            + ", ".join(valid_flags())
+            f"{dataset}: {kind}; expected a path to a .npz file, an s3://bucket/key.npz URI or one of the 2-D "
+            "MedMNIST flags: " + ", ".join(valid_flags())
         )
-    return (resolve_data_root(data_root) / f"{flag}.npz").absolute()
+    root = _root_text(data_root)
+    if _is_uri(root):
+        bucket, prefix = _check_uri("data.data_root", root, object_required=False)
+        return f"s3://{bucket}/{prefix + '/' if prefix else ''}{flag}.npz"
+    return (Path(root).expanduser() / f"{flag}.npz").absolute()
+
+
+def dataset_path(dataset: str, data_root: str | Path | None) -> Path:
+    """Absolute local path of a custom .npz (relative to the cwd) or of <root>/<flag>.npz for a MedMNIST 2-D flag.
+
+    Raises DataError for a 3-D or unknown flag, and for a file in object storage (`dataset_location` gives its URI).
+    The file need not exist.
+    """
+    location = dataset_location(dataset, data_root)
+    if isinstance(location, str):
+        raise DataError(f"{location}: lies in object storage, not in a local folder")
+    return location
 
 
 def download_dataset(flag: str, data_root: str | Path | None) -> Path:
@@ -181,14 +235,16 @@ def _mb(n: float) -> str:
     return f"{n / MB:,.1f} MB"
 
 
-def _too_big(path: Path, what: str, size: int, field: str, limit: float) -> DataError:
+def _too_big(path: Path | str, what: str, size: int, field: str, limit: float) -> DataError:
     return DataError(
         f"{path}: {what} is {_mb(size)}, over the {limit:g} MB limit (data.{field}). If the file is trusted, raise "
         f"it: --set data.{field}=<MB> (DataConfig.{field})"
     )
 
 
-def _directory(path: Path, f: BinaryIO, members: Mapping[str, str]) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+def _directory(
+    path: Path | str, f: BinaryIO, members: Mapping[str, str]
+) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
     """Open the zip directory (nothing decompressed) and check its entries: only `members` as .npy, each once,
     stored or deflated, not encrypted."""
     unreadable = f"{path}: is not a readable .npz (truncated or not a zip archive)"
@@ -228,7 +284,7 @@ def _directory(path: Path, f: BinaryIO, members: Mapping[str, str]) -> tuple[zip
     return zf, infos
 
 
-def _header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+def _header(path: Path | str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
     """Shape, dtype and header length of a member, from its .npy header alone (a few hundred bytes inflated)."""
     try:
         with zf.open(info) as fp:
@@ -246,7 +302,7 @@ def _header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tup
         raise DataError(f"{path}: key '{info.filename[:-4]}' has no valid .npy header ({e})") from e
 
 
-def _check_member(path: Path, key: str, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def _check_member(path: Path | str, key: str, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     if dtype.hasobject:
         raise DataError(
             f"{path}: key '{key}' has dtype {dtype}: object (pickled) arrays are refused for safety, "
@@ -277,6 +333,8 @@ def read_npz(
     members: Mapping[str, str],
     limits: NpzLimits | None = None,
     verify: Callable[[str], None] | None = None,
+    *,
+    source: str | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Read a .npz with bounded memory: (the arrays of `members` present, keyed without .npy; MD5 hex of the file).
 
@@ -290,18 +348,20 @@ def read_npz(
 
     Raises DataError, naming the file, the member and the limit (with the setting that raises it), for every
     refusal, an unreadable file or member, and a MemoryError while reading. The file is only read, never changed.
+    `source`: where the file came from (e.g. the s3:// URI of a fetched copy), named in messages instead of `path`.
     """
     path = Path(path)
     limits = NpzLimits.of() if limits is None else limits
+    where = source or path
     try:
         with open(path, "rb") as f:  # one handle throughout: the bytes hashed are the bytes read
-            return _read_open(path, f, members, limits, verify)
+            return _read_open(where, f, members, limits, verify)
     except OSError as e:  # zipfile and numpy errors are DataErrors by now: this is the file system's
-        raise DataError(f"{path}: cannot be read ({e})") from e
+        raise DataError(f"{where}: cannot be read ({e})") from e
 
 
 def _read_open(
-    path: Path, f: BinaryIO, members: Mapping[str, str], limits: NpzLimits, verify: Callable[[str], None] | None
+    path: Path | str, f: BinaryIO, members: Mapping[str, str], limits: NpzLimits, verify: Callable[[str], None] | None
 ) -> tuple[dict[str, np.ndarray], str]:
     size = os.fstat(f.fileno()).st_size
     if size > limits.max_file_mb * MB:
@@ -345,7 +405,9 @@ def _read_open(
         return {k: _read_member(path, zf, *declared[k]) for k in members if k in declared}, md5
 
 
-def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple, dtype: np.dtype) -> np.ndarray:
+def _read_member(
+    path: Path | str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple, dtype: np.dtype
+) -> np.ndarray:
     """One member's array; zipfile inflates at most the directory's size, checked equal to what the header needs."""
     where = f"{path}: key '{info.filename[:-4]}'"
     try:
@@ -362,7 +424,7 @@ def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: 
     return array
 
 
-def _check_images(path: Path, arrays: dict[str, np.ndarray]) -> int:
+def _check_images(path: Path | str, arrays: dict[str, np.ndarray]) -> int:
     """Validate dtype/shape of the three image arrays; return the shared channel count."""
     channels: dict[str, int] = {}
     for split in SPLITS:
@@ -382,7 +444,7 @@ def _check_images(path: Path, arrays: dict[str, np.ndarray]) -> int:
     return channels["train_images"]
 
 
-def _check_labels(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _check_labels(path: Path | str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate label arrays against their images; return 1-D int64 labels per split."""
     labels = {}
     for split in SPLITS:
@@ -401,7 +463,7 @@ def _check_labels(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.nda
     return labels
 
 
-def _check_flag(path: Path, flag: str, channels: int, labels: dict[str, np.ndarray]) -> None:
+def _check_flag(path: Path | str, flag: str, channels: int, labels: dict[str, np.ndarray]) -> None:
     """Channels and sample counts must match what medmnist INFO says for the flag."""
     info = INFO[flag]
     if channels != info["n_channels"]:
@@ -414,7 +476,7 @@ def _check_flag(path: Path, flag: str, channels: int, labels: dict[str, np.ndarr
             )
 
 
-def _check_classes(path: Path, labels: dict[str, np.ndarray], n_classes: int, names: tuple[str, ...]) -> None:
+def _check_classes(path: Path | str, labels: dict[str, np.ndarray], n_classes: int, names: tuple[str, ...]) -> None:
     """Labels must lie in [0, n_classes), every class needs a training image, and n_classes >= 2."""
     for split, y in labels.items():
         bad = np.unique(y[(y < 0) | (y >= n_classes)])
@@ -429,6 +491,142 @@ def _check_classes(path: Path, labels: dict[str, np.ndarray], n_classes: int, na
     if empty.size:
         which = ", ".join(f"{c} ({names[c]!r})" for c in empty)
         raise DataError(f"{path}: class {which} has no training image in split 'train'")
+
+
+# --- object storage -------------------------------------------------------------------------------------------------
+# The same endpoint variables as the audit trail (kr.governance.trail.stores.ENDPOINT_VARS, which a test holds equal;
+# not imported, as importing the trail costs every data step ~0.3 s): MinIO, moto or another S3 API.
+S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+S3_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION")
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+_DENIED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
+_CHANGED = ("412", "PreconditionFailed")
+_CREDENTIALS_HINT = (
+    "credentials come from the environment only: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster, the "
+    "Secret kr-data-s3), or another source of boto3's default chain (AWS_PROFILE, a web identity)"
+)
+
+
+class _NoSuchObject(DataError):
+    """The bucket or the object does not exist (load_saved_dataset words it as the validated file being gone)."""
+
+
+def _s3_endpoint() -> str | None:
+    return next((os.environ[v] for v in S3_ENDPOINT_VARS if os.environ.get(v)), None)
+
+
+def s3_data_client() -> Any:
+    """A new boto3 S3 client for reading data: the trail's endpoint variables (the first set of S3_ENDPOINT_VARS,
+    with path-style addressing; none: AWS), the region from AWS_DEFAULT_REGION, else AWS_REGION, credentials from
+    boto3's default chain only. Retries: botocore's standard mode, 5 attempts; 10 s to connect, 60 s per read.
+    Makes no request. Raises ValueError for a malformed endpoint URL, BotoCoreError for a broken AWS configuration."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = _s3_endpoint()
+    region = next((os.environ[v] for v in S3_REGION_VARS if os.environ.get(v)), None)
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+        # a custom endpoint (MinIO, moto, an IP address) rarely resolves bucket subdomains
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    # a session of its own: boto3's default one keeps the first credentials it found for the life of the process
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def _scrub(text: str) -> str:
+    """An error text without user information in any URL it quotes (an endpoint may carry one)."""
+    return re.sub(r"//[^/@\s]*@", "//***@", text)
+
+
+def _s3_call(uri: str, what: str, fn: Callable[[], Any]) -> Any:
+    """Run one S3 operation on `uri`; every failure becomes a DataError naming `uri` and the cause (no credential)."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    try:
+        return fn()
+    except DataError:  # our own refusal from inside `fn`, already worded
+        raise
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        code = str(error.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        detail = _scrub(str(error.get("Message") or code))
+        if code in _NOT_FOUND:
+            raise _NoSuchObject(f"{uri}: no such object ({code}: {detail})") from e
+        if code in _DENIED:
+            raise DataError(
+                f"{uri}: access denied to {what} it ({code}: {detail}); the credentials found may not read it (or it "
+                f"does not exist and they may not list the bucket). S3 {_CREDENTIALS_HINT}"
+            ) from e
+        if code in _CHANGED:
+            raise DataError(f"{uri}: the object changed while it was being fetched ({code}); run again") from e
+        raise DataError(f"{uri}: S3 refused to {what} it ({code}: {detail})") from e
+    except (NoCredentialsError, PartialCredentialsError) as e:
+        raise DataError(f"{uri}: no S3 credentials to {what} it ({type(e).__name__}); {_CREDENTIALS_HINT}") from e
+    except (EndpointConnectionError, ConnectTimeoutError) as e:
+        endpoint = _s3_endpoint()
+        where = f"the S3 endpoint {redact_uri(endpoint)} (from {', '.join(S3_ENDPOINT_VARS)})" if endpoint else "AWS S3"
+        raise DataError(f"{uri}: cannot reach {where} to {what} it ({type(e).__name__}: {_scrub(str(e))})") from e
+    except (BotoCoreError, ValueError) as e:  # a broken AWS configuration, a malformed endpoint, a broken stream
+        raise DataError(f"{uri}: cannot {what} it ({type(e).__name__}: {_scrub(str(e))})") from e
+
+
+@contextmanager
+def fetched(uri: str, limits: NpzLimits | None = None) -> Iterator[Path]:
+    """The object at s3://bucket/key in a private temporary file (a 0700 folder of its own), deleted on exit.
+
+    Its size, as S3 reports it (HEAD), is checked against `limits.max_file_mb` before a byte is downloaded; the
+    object is then streamed to disk in 1 MB chunks (never whole in memory), downloaded only if it is still the
+    object measured (If-Match on its ETag) and only up to the size measured. Raises DataError for an invalid URI,
+    an object over the limit, a missing bucket or object (its message says which), access denied, no credentials,
+    an unreachable endpoint, an object changed or cut short during the download, and a local disk failure.
+    """
+    limits = NpzLimits.of() if limits is None else limits
+    bucket, key = _check_uri("data.dataset", uri, object_required=True)
+    client = _s3_call(uri, "connect to S3 for", s3_data_client)
+    try:
+        head = _s3_call(uri, "read", lambda: client.head_object(Bucket=bucket, Key=key))
+    except _NoSuchObject:
+        try:  # a HEAD answers 404 alike for a missing object and a missing bucket: ask which
+            _s3_call(uri, "read the bucket of", lambda: client.head_bucket(Bucket=bucket))
+        except _NoSuchObject as e:
+            raise _NoSuchObject(f"{uri}: the bucket {bucket!r} does not exist") from e
+        except DataError:
+            pass  # the bucket may exist, unreadable as a bucket: the object is what is missing
+        raise _NoSuchObject(f"{uri}: no object {key!r} in the bucket {bucket!r}") from None
+    size = int(head["ContentLength"])
+    if size > limits.max_file_mb * MB:
+        raise _too_big(uri, "the object, as S3 reports it,", size, "max_file_mb", limits.max_file_mb)
+    with tempfile.TemporaryDirectory(prefix="kr-data-") as folder:
+        path = Path(folder) / (PurePosixPath(key).name if key.endswith(".npz") else "object.npz")
+
+        def download() -> None:
+            same = {"IfMatch": head["ETag"]} if head.get("ETag") else {}  # the object measured, or 412
+            body = client.get_object(Bucket=bucket, Key=key, **same)["Body"]
+            received = 0
+            with body, open(path, "xb") as out:
+                for chunk in iter(lambda: body.read(MB), b""):
+                    received += len(chunk)
+                    if received > size:
+                        raise DataError(f"{uri}: S3 sent more than the {size:,} bytes it announced; refused")
+                    out.write(chunk)
+            if received != size:
+                raise DataError(f"{uri}: the download ended after {received:,} of {size:,} bytes; run again")
+
+        try:
+            _s3_call(uri, "download", download)
+        except OSError as e:
+            raise DataError(f"{uri}: cannot be written to a temporary file in {folder} ({e})") from e
+        yield path
 
 
 def _missing_message(path: Path, flag: str | None) -> str:
@@ -453,51 +651,70 @@ def load_dataset(
     disagrees with the zip directory, an MD5 or INFO mismatch (MedMNIST flags), a missing key, a wrong dtype or
     shape, a multi-label task, labels out of range, fewer than two classes, or a class without a training image.
     """
-    path = dataset_path(dataset, data_root)
-    flag = None if _is_path(dataset) else path.stem
+    location = dataset_location(dataset, data_root)
+    flag = None if _is_path(dataset) else PurePosixPath(str(location)).stem
     if flag is not None and "multi-label" in INFO[flag]["task"]:
-        raise DataError(f"{path}: multi-label task '{INFO[flag]['task']}' of {flag} {_MULTI_LABEL_REFUSAL}")
-    if not path.is_file() and flag is not None and download:
-        download_dataset(flag, data_root)
-    if not path.is_file():
-        raise DataError(_missing_message(path, flag))
+        raise DataError(f"{location}: multi-label task '{INFO[flag]['task']}' of {flag} {_MULTI_LABEL_REFUSAL}")
+    limits = NpzLimits.of() if limits is None else limits
 
     def official(md5: str) -> None:
         if md5 != INFO[flag]["MD5"]:
             raise DataError(
-                f"{path}: MD5 mismatch for {flag}: expected {INFO[flag]['MD5']}, got {md5}; "
-                "the file is corrupt or not the official one, re-download it (--download after deleting it)"
+                f"{location}: MD5 mismatch for {flag}: expected {INFO[flag]['MD5']}, got {md5}; the file is corrupt "
+                "or not the official one, re-download it (--download after deleting it; in object storage, upload "
+                "the official file again)"
             )
 
-    return _load(path, flag, NpzLimits.of() if limits is None else limits, official if flag else None)
+    verify = official if flag else None
+    if isinstance(location, str):  # object storage: fetched, read as a local file, deleted
+        try:
+            with fetched(location, limits) as path:
+                return _load(path, flag, limits, verify, source=location)
+        except _NoSuchObject as e:
+            hint = f"; upload {flag}.npz there (--download fetches into a local data root only)" if flag else ""
+            raise DataError(f"{e}{hint}") from e
+    path = location
+    if not path.is_file() and flag is not None and download:
+        download_dataset(flag, data_root)
+    if not path.is_file():
+        raise DataError(_missing_message(path, flag))
+    return _load(path, flag, limits, verify)
 
 
-def _load(path: Path, flag: str | None, limits: NpzLimits, verify: Callable[[str], None] | None) -> Dataset:
-    """Read (bounded, `verify` given the file's MD5 first) and validate the file at path."""
-    arrays, md5 = read_npz(path, MEDMNIST_MEMBERS, limits, verify)
+def _load(
+    path: Path,
+    flag: str | None,
+    limits: NpzLimits,
+    verify: Callable[[str], None] | None,
+    source: str | None = None,
+) -> Dataset:
+    """Read (bounded, `verify` given the file's MD5 first) and validate the file at path. `source`: where the file
+    came from (an s3:// URI), named in messages and as the dataset's path instead of the local copy at `path`."""
+    arrays, md5 = read_npz(path, MEDMNIST_MEMBERS, limits, verify, source=source)
+    where = source or path  # from here on the file is only named: in messages and the info
     missing = [k for k in KEYS if k not in arrays]
     if missing:
-        raise DataError(f"{path}: missing keys {', '.join(missing)}; expected all of {', '.join(KEYS)}")
+        raise DataError(f"{where}: missing keys {', '.join(missing)}; expected all of {', '.join(KEYS)}")
 
-    channels = _check_images(path, arrays)
-    labels = _check_labels(path, arrays)
+    channels = _check_images(where, arrays)
+    labels = _check_labels(where, arrays)
     if flag is not None:
-        _check_flag(path, flag, channels, labels)
+        _check_flag(where, flag, channels, labels)
         names = tuple(INFO[flag]["label"][str(i)] for i in range(len(INFO[flag]["label"])))
         task = "binary-class" if INFO[flag]["task"] == "binary-class" else "multi-class"
     else:
         # negative labels are caught by the range check in _check_classes
         names = tuple(str(i) for i in range(max(int(y.max(initial=-1)) for y in labels.values()) + 1))
         task = "binary-class" if len(names) == 2 else "multi-class"
-    _check_classes(path, labels, len(names), names)
+    _check_classes(where, labels, len(names), names)
 
     def images(split: str) -> np.ndarray:
         x = arrays[f"{split}_images"]
         return np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2))
 
     info = DatasetInfo(
-        name=flag or path.stem,
-        path=str(path),
+        name=flag or PurePosixPath(str(where)).stem,
+        path=str(where),
         md5=md5,
         source="medmnist" if flag else "file",
         task=task,
@@ -537,16 +754,26 @@ def load_saved_dataset(folder: str | Path) -> Dataset:
     """
     folder = Path(folder)
     values = json.loads((folder / "info.json").read_text())
-    limits = NpzLimits(**values.pop("read_limits")) if "read_limits" in values else None
+    limits = NpzLimits(**values.pop("read_limits")) if "read_limits" in values else NpzLimits.of()
     values["class_names"] = tuple(values["class_names"])
     info = DatasetInfo(**values)
-    path = Path(info.path)
-    if not path.is_file():
-        raise DataError(f"{path}: the validated data file is gone (validated MD5 {info.md5})")
+    gone = f"{info.path}: the validated data file is gone (validated MD5 {info.md5})"
 
     def unchanged(md5: str) -> None:
         if md5 != info.md5:
-            raise DataError(f"{path}: the file changed after validation (MD5 {md5}, validated {info.md5}); run again")
+            raise DataError(
+                f"{info.path}: the file changed after validation (MD5 {md5}, validated {info.md5}); run again"
+            )
 
-    loaded = _load(path, None, NpzLimits.of() if limits is None else limits, unchanged)
+    if is_s3_uri(info.path):  # fetched again, its MD5 checked before anything is decompressed
+        try:
+            with fetched(info.path, limits) as path:
+                loaded = _load(path, None, limits, unchanged, source=info.path)
+        except _NoSuchObject as e:
+            raise DataError(f"{gone}: {e}") from e
+    else:
+        path = Path(info.path)
+        if not path.is_file():
+            raise DataError(gone)
+        loaded = _load(path, None, limits, unchanged)
     return replace(loaded, info=info)

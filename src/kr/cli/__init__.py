@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from kr.cli.cluster import cluster_errors, cluster_request, pipelines_app, schedule_app
 from kr.cli.options import (
     CLUSTER_OPTIONS,
     LOCAL_OPTIONS,
@@ -30,7 +31,7 @@ from kr.cli.serve import serve
 from kr.cli.trail import audit_app
 from kr.config import ConfigError
 from kr.progress import console
-from kr.run.request import RunRequest, resolve_request
+from kr.run.request import resolve_request
 
 app = typer.Typer(
     help="Knowledge Recycling: train a classifier that never sees a real image, and gate it on privacy.",
@@ -39,6 +40,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(audit_app, name="audit")
+app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(schedule_app, name="schedule")
 app.command()(serve)
 
 
@@ -58,13 +61,20 @@ def run(
             "the generator then trains in $KR_HOME/checkpoints"
         ),
     ] = False,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="run every task in its own container of this image (kfp.local's DockerRunner, a Docker engine, host "
+            "networking; build one with scripts/build-images); default: tasks run as processes of this Python"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     **options: Any,
 ) -> None:
     """Run the Knowledge Recycling pipeline (the KFP DAG, with kfp.local on this machine): train, audit, gate, and
     promote the student in the MLflow registry only when every gate passes. Exit 2, before any work, for a bad
     option, config or run folder; 1 when the pipeline fails."""
-    from kr.pipelines.local import PipelineFailed, RunFolderBusy, run_local
+    from kr.pipelines.local import ContainerEngineError, PipelineFailed, RunFolderBusy, run_local
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     if out is not None and (problem := _not_a_folder(out)):
@@ -79,9 +89,9 @@ def run(
         out = Path("runs") / f"{name}-{profile}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         req = req.model_copy(update={"run_dir": "", "kfp_run_id": ""})
-        summary = run_local(req, out, cache_root=kr_home() / "kfp-cache" if cache else None)
-    except RunFolderBusy as exc:  # another run holds the folder: nothing was done
-        raise fail(str(exc)) from None
+        summary = run_local(req, out, cache_root=kr_home() / "kfp-cache" if cache else None, image=image)
+    except (RunFolderBusy, ContainerEngineError) as exc:  # nothing was done: another run holds the folder, or
+        raise fail(str(exc)) from None  # no engine or image for --image
     except PipelineFailed as exc:
         code = 2 if "validate_data" in str(exc) or "resolve" in str(exc) else 1
         raise fail(str(exc), code=code) from None
@@ -136,50 +146,17 @@ def show_config(
     typer.echo(json.dumps(values, indent=2) if as_json else yaml.safe_dump(values, sort_keys=False))
 
 
-def _cluster_request(options: dict[str, Any]) -> RunRequest:
-    request = {k: v for k, v in options.items() if k in REQUEST_OPTIONS}
-    try:
-        return build_request(**request, local_store=False)
-    except (ConfigError, OSError) as exc:
-        raise fail(str(exc)) from None
-
-
 @app.command()
 @shared(CLUSTER_OPTIONS, REQUEST_OPTIONS)
 def submit(**options: Any) -> None:
-    """Start one pipeline run on a Kubeflow Pipelines cluster."""
-    from kr.pipelines.cluster import ClusterError, submit_run
+    """Start one pipeline run on a Kubeflow Pipelines cluster, compiled for IMAGE from this checkout. Exit 2 for a
+    bad option or config, 1 when the cluster cannot be reached or refuses the run."""
+    from kr.pipelines.cluster import submit_run
     from kr.pipelines.settings import ClusterSettings
 
-    req = _cluster_request(options)
-    try:
+    req = cluster_request(options)
+    with cluster_errors():
         run_id, url = submit_run(
             options["host"], options["image"], req, options["experiment"], ClusterSettings(gpus=options["gpus"])
         )
-    except ClusterError as exc:
-        raise fail(str(exc), code=1) from None
     console.print(f"started run {run_id}: {url}")
-
-
-@app.command()
-@shared(CLUSTER_OPTIONS, REQUEST_OPTIONS)
-def schedule(
-    cron: Annotated[str, typer.Option(help="KFP cron with seconds first, e.g. '0 0 3 * * 0' (Sundays 03:00)")],
-    name: Annotated[str, typer.Option(help="recurring run name")] = "kr-retrain",
-    **options: Any,
-) -> None:
-    """Create a recurring retraining run (at most one run at a time, no catch-up of missed runs)."""
-    from kr.pipelines.cluster import ClusterError, check_cron, schedule_runs
-    from kr.pipelines.settings import ClusterSettings
-
-    try:
-        check_cron(cron)
-    except ClusterError as exc:
-        raise fail(str(exc)) from None
-    req = _cluster_request(options)
-    cluster = ClusterSettings(gpus=options["gpus"])
-    try:
-        job_id = schedule_runs(options["host"], options["image"], req, options["experiment"], name, cron, cluster)
-    except ClusterError as exc:
-        raise fail(str(exc), code=1) from None
-    console.print(f"recurring run {name} ({job_id}) created: {cron}")

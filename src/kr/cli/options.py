@@ -26,9 +26,10 @@ DatasetOpt = Annotated[
 ]
 ProfileOpt = Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")]
 DataRootOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        help="folder with <flag>.npz; default data.data_root of the config, else $KR_DATA_ROOT, then ~/.medmnist"
+        help="folder or s3://bucket/prefix with <flag>.npz; default data.data_root of the config, else "
+        "$KR_DATA_ROOT, then ~/.medmnist"
     ),
 ]
 DownloadOpt = Annotated[
@@ -142,7 +143,7 @@ def build_request(
     tracking_uri: str | None,
     model_name: str | None,
     audit_uri: str | None,
-    data_root: Path | None = None,
+    data_root: str | Path | None = None,
     gate_policy: Path | None = None,
     download: bool | None = None,
     local_store: bool = True,
@@ -195,9 +196,12 @@ def build_request(
         if cfg.tracking.artifact_location is None:
             extra.append(f"tracking.artifact_location={json.dumps((db.parent / 'mlartifacts').as_uri())}")
     root = cfg.data.data_root or ""
-    if local_store:
-        # every task of a local run must find the same folder, whatever its working directory
+    if local_store and "://" not in (root or os.environ.get("KR_DATA_ROOT", "")):
+        # every task of a local run must find the same folder, whatever its working directory (an s3:// root is
+        # the same everywhere)
         root = str(resolve_data_root(root).resolve())
+    elif local_store and not root:
+        root = os.environ["KR_DATA_ROOT"]
     req = explicit.model_copy(
         update={
             "dataset": cfg.data.dataset,

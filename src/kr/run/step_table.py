@@ -22,8 +22,11 @@ ALWAYS = ("seed", "tracking")
 #   the server holds the bucket's keys), so MLflow needs no S3 keys in a step.
 # s3: S3 keys for the audit trail (`audit.uri=s3://...`), for a step that reads or appends the trail.
 # signing: the trail's HMAC key (KR_AUDIT_HMAC_KEY), for a step that appends records; a reader needs none.
-MLFLOW, S3, SIGNING = "mlflow", "s3", "signing"
-SECRETS = (MLFLOW, S3, SIGNING)
+# data: S3 keys for the data bucket (`data.dataset`/`data.data_root` = s3://...), for every step that reads the data
+#   file (reads_data), and for no other. It sets the same variables as `s3` (AWS_ACCESS_KEY_ID, ...), so no step
+#   may need both: a step that read the trail and the data would hold one set of keys for two buckets.
+MLFLOW, S3, SIGNING, DATA = "mlflow", "s3", "signing", "data"
+SECRETS = (MLFLOW, S3, SIGNING, DATA)
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,11 @@ class StepSpec:
     retries: a failed pod is retried (preemption). sections: the RunConfig sections the step reads, None: all.
     run_volume: mounts the shared runs volume on a cluster: the run folder (summary, report, the MLflow parent's
     id, failure notes) or the generator's resumable checkpoints. reads_data: re-reads the validated data file (the
-    data artifact is a reference, never the images), so on a cluster it mounts the volume the data lies on.
-    resolves_request: resolves the run request, so it reads the gate policy (a ConfigMap on a cluster).
-    secrets: the credentials it needs (of SECRETS); a cluster gives its pod those and no others.
+    data artifact is a reference, never the images), so on a cluster it mounts the volume the data may lie on and
+    needs DATA (the data bucket's keys, for data in object storage). resolves_request: resolves the run request, so
+    it reads the gate policy (a ConfigMap on a cluster). secrets: the credentials it needs (of SECRETS); a cluster
+    gives its pod those and no others. Raises ValueError for an unknown secret, DATA without reads_data or the
+    reverse, and DATA with S3 (both set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
     """
 
     name: str
@@ -54,6 +59,13 @@ class StepSpec:
         unknown = set(self.secrets) - set(SECRETS)
         if unknown:
             raise ValueError(f"step {self.name}: unknown secret(s) {sorted(unknown)}; known: {', '.join(SECRETS)}")
+        if self.reads_data != (DATA in self.secrets):
+            raise ValueError(f"step {self.name}: a step needs the {DATA!r} secret exactly when it reads_data")
+        if {S3, DATA} <= self.secrets:
+            raise ValueError(
+                f"step {self.name}: needs both {S3!r} and {DATA!r}, which set the same variables (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY); split the step"
+            )
 
     @property
     def task(self) -> str:
@@ -64,28 +76,29 @@ class StepSpec:
 TRACKED = frozenset({MLFLOW})  # records its MLflow run (run_step), or opens or closes the parent run
 TRAIL = frozenset({MLFLOW, S3})  # tracked, and reads the audit trail (s3://)
 APPENDS = TRAIL | {SIGNING}  # tracked, and appends signed records to the audit trail
+READS = TRACKED | {DATA}  # tracked, and re-reads the data file (from the runs volume or the data bucket)
 
 STEPS: tuple[StepSpec, ...] = (
     # refuses a run key the trail (or the registry) already holds, then opens the MLflow parent run
     StepSpec("resolve_config", cache=False, sections=None, run_volume=True, resolves_request=True, secrets=TRAIL),
-    StepSpec("validate_data", reads_data=True, sections=("data", "validation"), secrets=TRACKED),
-    StepSpec("train_teacher", reads_data=True, sections=("teacher", "canaries"), secrets=TRACKED),
+    StepSpec("validate_data", reads_data=True, sections=("data", "validation"), secrets=READS),
+    StepSpec("train_teacher", reads_data=True, sections=("teacher", "canaries"), secrets=READS),
     StepSpec(
         "train_generator",
         reads_data=True,
         gpu=True,
         sections=("generator", "canaries"),
         run_volume=True,
-        secrets=TRACKED,
+        secrets=READS,
     ),
     StepSpec(
-        "select_generator", reads_data=True, gpu=True, sections=("selection", "sampler", "validation"), secrets=TRACKED
+        "select_generator", reads_data=True, gpu=True, sections=("selection", "sampler", "validation"), secrets=READS
     ),
     # arithmetic on the data file's info.json: no MLflow run, no trail, no credentials
     StepSpec("plan_shards", sections=("gkd", "sampler", "validation")),
-    StepSpec("regenerate", reads_data=True, gpu=True, sections=("gkd", "sampler", "validation"), secrets=TRACKED),
-    StepSpec("train_student", reads_data=True, gpu=True, sections=("gkd",), secrets=TRACKED),
-    StepSpec("train_naive", reads_data=True, gpu=True, sections=("gkd", "naive"), secrets=TRACKED),
+    StepSpec("regenerate", reads_data=True, gpu=True, sections=("gkd", "sampler", "validation"), secrets=READS),
+    StepSpec("train_student", reads_data=True, gpu=True, sections=("gkd",), secrets=READS),
+    StepSpec("train_naive", reads_data=True, gpu=True, sections=("gkd", "naive"), secrets=READS),
     # evidence and decisions are always computed afresh: a gate never passes on an earlier run's verdict
     StepSpec(
         "audit_privacy",
@@ -93,14 +106,15 @@ STEPS: tuple[StepSpec, ...] = (
         gpu=True,
         cache=False,
         sections=("privacy", "teacher", "canaries"),
-        secrets=TRACKED,
+        secrets=READS,
     ),
     StepSpec("evaluate_gates", cache=False, sections=None, run_volume=True, secrets=TRACKED),
     # register the student and append the trail record
     StepSpec("promote", cache=False, sections=None, run_volume=True, secrets=APPENDS),
     StepSpec("record_rejection", cache=False, sections=None, run_volume=True, secrets=APPENDS),
-    # the trail reference arrives in the conclusion: summarize never opens the trail
-    StepSpec("summarize", cache=False, sections=None, run_volume=True, secrets=TRACKED),
+    # the trail reference arrives in the conclusion: summarize never opens the trail; it re-reads the data file for
+    # the MLflow dataset input and the sample grid
+    StepSpec("summarize", cache=False, sections=None, run_volume=True, reads_data=True, secrets=READS),
     # a failed run's trail record (read back first: a run that concluded keeps its record) and its closed parent run
     StepSpec(
         "finalize_run",

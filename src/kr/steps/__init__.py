@@ -11,7 +11,7 @@ run, so it would make every cache key unique): a runner that has one tells them 
 does); on a cluster they run without it and their by-products stay in their artifacts.
 """
 
-from kr.config import ConfigError
+from kr.config import ConfigError, RunConfig
 from kr.results import (
     Conclusion,
     DataResult,
@@ -34,8 +34,10 @@ from kr.run.request import (
     STRUCTURED,
     RunRequest,
     pipeline_signature,
+    resolve_request,
 )
 from kr.run.step_table import STEP, STEPS, StepSpec
+from kr.run.tracking import code_version
 from kr.steps.deciding import RESULT_TYPES, audit_privacy, conclude, conclude_task, evaluate_gates, load_results
 from kr.steps.reporting import finalize_run, summarize
 from kr.steps.running import (
@@ -78,6 +80,7 @@ __all__ = [
     "PrivacyResult",
     "RESULT_TYPES",
     "RUN_DIR_ENV",
+    "RunConfig",
     "RunRequest",
     "RunResults",
     "SHARD_FILE",
@@ -93,6 +96,7 @@ __all__ = [
     "TeacherResult",
     "audit_privacy",
     "conclude",
+    "code_version",
     "conclude_task",
     "context_run_dir",
     "decision_markdown",
@@ -108,6 +112,7 @@ __all__ = [
     "publish",
     "regenerate",
     "resolve_config",
+    "resolve_request",
     "select_generator",
     "shard_files",
     "summarize",
