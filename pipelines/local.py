@@ -138,8 +138,29 @@ def run_local(req: RunRequest, out: Path, cache_root: Path | None = None, image:
     out = Path(out).resolve()
     if image:
         check_engine(image)  # before anything in `out` moves
-    with run_folder_lock(out):
+    with run_folder_lock(out), _engine_timeout(ENGINE_TIMEOUT_S if image else None):
         return _run_locked(req, out, cache_root, image)
+
+
+ENGINE_TIMEOUT_S = 900  # seconds a Docker API call may take while kfp.local starts a task's container
+
+
+@contextlib.contextmanager
+def _engine_timeout(seconds: int | None) -> Iterator[None]:
+    """Raise docker-py's default API timeout (60 s) for the run: kfp.local calls `docker.from_env()` without one,
+    and creating a container on a `vfs` storage driver copies the whole image (about 2 GB) first, which took more
+    than 60 s here and failed the task with a read timeout."""
+    if seconds is None:
+        yield
+        return
+    import docker.client
+
+    before = docker.client.DEFAULT_TIMEOUT_SECONDS
+    docker.client.DEFAULT_TIMEOUT_SECONDS = seconds
+    try:
+        yield
+    finally:
+        docker.client.DEFAULT_TIMEOUT_SECONDS = before
 
 
 def check_engine(image: str) -> None:
