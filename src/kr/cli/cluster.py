@@ -90,6 +90,17 @@ def schedule_create(
     console.print(f"recurring run {escape(name)} ({job_id}) created: {escape(cron)}")
 
 
+def _printed_plainly(rows: list[dict], as_json: bool, empty: str) -> bool:
+    """Print `rows` as JSON, or `empty` when there are none; False when a table is still to be printed."""
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return True
+    if not rows:
+        console.print(empty)
+        return True
+    return False
+
+
 @schedule_app.command("list")
 def schedule_list(host: HostOpt, as_json: JsonOpt = False) -> None:
     """List the recurring runs: name, id, status (ENABLED or DISABLED), schedule, experiment, created."""
@@ -97,11 +108,7 @@ def schedule_list(host: HostOpt, as_json: JsonOpt = False) -> None:
 
     with cluster_errors():
         rows = [schedule_row(r) for r in list_schedules(host)]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        console.print("no recurring runs")
+    if _printed_plainly(rows, as_json, "no recurring runs"):
         return
     from rich.table import Table
 
@@ -197,11 +204,7 @@ def pipelines_list(
         }
         for p, versions in found
     ]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        console.print("no pipelines")
+    if _printed_plainly(rows, as_json, "no pipelines"):
         return
     from rich.table import Table
 

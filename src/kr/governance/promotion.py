@@ -244,9 +244,8 @@ def complete(cfg: RunConfig, run_dir: Path, record: dict) -> dict:
     (`superseded` in the returned registry block when a later promotion moved it since); then the version's tags.
     `rejected`/`failed`: the version's tags. Returns the conclusion as `conclude` does, from the record.
     """
-    outcome = record.get("outcome", "failed")
-    block = dict((record.get("outputs") or {}).get("registry") or {}) or None
-    reference = _reference(record, cfg.audit.uri)
+    found = conclusion_of(record, cfg.audit.uri)
+    outcome, block, reference = found["outcome"], found["registry"], found["audit"]
     write_json(Path(run_dir) / TRAIL_RECORD_COPY, record)
     if block and tracking.enabled(cfg):
         if outcome == "promoted":
@@ -263,7 +262,18 @@ def complete(cfg: RunConfig, run_dir: Path, record: dict) -> dict:
                 registry.tag_decision(cfg, block["version"], outcome, reference)
         else:
             registry.tag_decision(cfg, block["version"], outcome, reference)
-    return {"outcome": outcome, "registry": block, "gates": record.get("gates") or {}, "audit": reference}
+    return found
+
+
+def conclusion_of(record: dict, uri: str | None) -> dict:
+    """The conclusion a trail record holds, as `conclude` returns it: {"outcome", "registry" (a copy of the
+    record's version block, or None), "gates", "audit" (the reference to the record at `uri`)}."""
+    return {
+        "outcome": record.get("outcome", "failed"),
+        "registry": dict((record.get("outputs") or {}).get("registry") or {}) or None,
+        "gates": record.get("gates") or {},
+        "audit": _reference(record, uri),
+    }
 
 
 def record_failure(cfg: RunConfig, run_dir: Path, started_at: str, error: str | None) -> dict | None:

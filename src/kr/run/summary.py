@@ -18,7 +18,7 @@ import numpy as np
 import kr
 from kr import plots
 from kr.config import RunConfig
-from kr.data import load_saved_dataset, read_shard
+from kr.data import Dataset, read_shard
 from kr.results import (
     ClassifierResult,
     Conclusion,
@@ -212,19 +212,20 @@ def write_summary(
     status: str = "succeeded",
     error: str | None = None,
     trail: dict | None = None,
-    data_dir: Path | None = None,
+    dataset: Dataset | None = None,
     shard_files: Iterable[Path] = (),
     roc_plot: Path | None = None,
 ) -> dict[str, Any]:
     """Write summary.json, the plots and report.md into the run folder for whatever the run got to do; returns the
-    summary. `trail`: the trail reference of a run that did not conclude (a failed run's record). wall_s: seconds."""
+    summary. `trail`: the trail reference of a run that did not conclude (a failed run's record). wall_s: seconds.
+    `dataset`: the validated data (class names, and real images only with tracking.real_samples_in_report)."""
     folder = Path(folder)
     summary = build_summary(cfg, results, profile, runner, started_at, status, error)
     summary["total_wall_s"] = round(wall_s, 2)
     summary["audit"] = summary["audit"] or trail
     summary["artifacts"]["report"] = str(folder / "report.md")
     real_beside = cfg.tracking.real_samples_in_report
-    summary["artifacts"].update(_plots(folder, results, data_dir, list(shard_files), roc_plot, real_beside))
+    summary["artifacts"].update(_plots(folder, results, dataset, list(shard_files), roc_plot, real_beside))
     write_json(folder / "summary.json", summary)
     write_report(summary, folder / "report.md")
     return summary
@@ -233,7 +234,7 @@ def write_summary(
 def _plots(
     folder: Path,
     results: RunResults,
-    data_dir: Path | None,
+    dataset: Dataset | None,
     shard_files: list[Path],
     roc: Path | None,
     real_beside: bool = False,
@@ -244,8 +245,7 @@ def _plots(
         out["selection_plot"] = str(
             plots.selection_heatmap(results.selection.selection, chosen, folder / "selection.png")
         )
-    if data_dir and shard_files:
-        dataset = load_saved_dataset(data_dir)
+    if dataset is not None and shard_files:
         shard = read_shard(sorted(shard_files, key=str)[0])
         syn_x, syn_y = shard["images"], shard["gen_labels"]
         # real patient images only when asked for, and only in this run folder (never logged)

@@ -34,6 +34,7 @@ def summarize(
     cfg = load_step_config(config)
     folder = Path(run_folder)
     wall_s = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
+    dataset = load_saved_dataset(data_dir)  # once: with s3:// data every load is a download
     summary = write_summary(
         folder,
         cfg,
@@ -42,13 +43,13 @@ def summarize(
         runner=runner,
         started_at=started,
         wall_s=wall_s,
-        data_dir=Path(data_dir),
+        dataset=dataset,
         shard_files=shard_files(shard_dirs),
         roc_plot=Path(privacy_dir) / "mia_roc.png" if privacy_dir else None,
     )
     parent = tracking.parent_run_id(folder)
     if parent:
-        tracking.log_dataset(cfg, parent, load_saved_dataset(data_dir))
+        tracking.log_dataset(cfg, parent, dataset)
         tracking.adopt(cfg, parent, {r.step: r.mlflow_run_id for r in results.executed()})
     tracking.finish_parent(cfg, folder, summary, _run_files(folder))
     return summary
@@ -74,14 +75,7 @@ def _recorded_conclusion(cfg: RunConfig) -> Conclusion | None:
         return None
     if not record or record.get("outcome") not in ("promoted", "rejected"):
         return None
-    registry = (record.get("outputs") or {}).get("registry")
-    reference = {k: record[k] for k in ("record_id", "record_hash", "previous_hash", "sequence")}
-    return Conclusion(
-        outcome=record["outcome"],
-        registry=registry,
-        gates=record.get("gates") or {},
-        audit=reference | {"uri": cfg.audit.uri},
-    )
+    return Conclusion(**promotion.conclusion_of(record, cfg.audit.uri))
 
 
 def finalize_run(scalars: dict, overrides: list, gates: dict, runner: str, failed: bool, error: str | None) -> None:
