@@ -57,10 +57,10 @@ def sets(values: list[str]) -> list[str]:
     return [arg for v in values for arg in ("--set", v)]
 
 
-def check_summary(out: Path, n_classes: int) -> dict:
+def check_summary(out: Path, n_classes: int, runner: str = "kfp.local") -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert summary.keys() >= SUMMARY_KEYS
-    assert summary["schema"] == "kr.summary/1" and summary["runner"] == "kfp.local"
+    assert summary["schema"] == "kr.summary/1" and summary["runner"] == runner
     assert summary["status"] == "succeeded", summary["error"]
     assert summary["dataset"]["n_classes"] == n_classes
     for model in ("teacher", "student"):
