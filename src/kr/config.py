@@ -149,6 +149,11 @@ class DataConfig(Strict):
     download: bool = Field(
         False, description="download a missing MedMNIST file (medmnist checks its MD5); custom .npz paths never are"
     )
+    size: Literal[28, 64, 128, 224] = Field(
+        28,
+        description="image side in pixels of a MedMNIST flag: 28 reads <flag>.npz, 64/128/224 the MedMNIST+ file "
+        "<flag>_<size>.npz; the generator and classifiers are sized for it. A custom file or folder must match it",
+    )
     # Bounds checked from the zip directory and the .npy headers before anything is decompressed (kr.data.NpzLimits).
     # The defaults fit every 2-D MedMNIST file at 28x28: the largest, PathMNIST, is ~206 MB on disk, 212 MB for
     # train_images and 252 MB for all its arrays, stored at a compression ratio near 1.1.

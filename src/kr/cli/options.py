@@ -66,6 +66,19 @@ HostOpt = Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. https:/
 ImageOpt = Annotated[str, typer.Option(help="component image the pipeline runs in (see scripts/build-images)")]
 ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment")]
 
+# Every command takes these two (kr.cli wires them); 0 = normal, 1+ = more (-vv), -1 = --quiet.
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more output; repeat for more (-vv)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the result (and errors)")]
+
+
+def verbosity(verbose: int, quiet: bool) -> int:
+    """One number for the output level: -1 with --quiet, else the count of -v (0: normal). Raises typer.BadParameter
+    for both at once."""
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other; give one")
+    return -1 if quiet else verbose
+
+
 # name: (annotation, default); inspect.Parameter.empty: required
 REQUEST_OPTIONS: dict[str, tuple[Any, Any]] = {
     "dataset": (DatasetOpt, None),
