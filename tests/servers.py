@@ -13,6 +13,7 @@ them on explicitly (`monkeypatch.setenv`, `subprocess` env, or `client()` below)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -280,3 +281,78 @@ def moto_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServe
     """
     with moto_server(log_dir=tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server on 127.0.0.1 whose superuser `kr` (password `password`) owns the databases it made."""
+
+    port: int
+    process: ServerProcess
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://kr:password@{HOST}:{self.port}/{database}"
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def postgres_bin(name: str) -> Path | None:
+    """Debian's binary `name` of the newest installed PostgreSQL (postgresql package), or None."""
+    found = sorted(PG_BIN.glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1] if found else None
+
+
+@contextmanager
+def postgres_server(tmp_path: Path, databases: tuple[str, ...], timeout: float = 60.0) -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL cluster (Debian's `postgresql` package) in `tmp_path`, TCP on 127.0.0.1 only, with
+    `databases` created; stopped on exit. PostgreSQL refuses to run as root: as root it runs as user `postgres`."""
+    initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
+    if not (initdb and postgres):
+        pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # not under tmp_path: pytest's temporary folders are private to root, and the server runs as `postgres`
+    home = Path(tempfile.mkdtemp(prefix="kr-postgres-"))
+    data, password = home / "pgdata", home / "pgpass"
+    data.mkdir()
+    password.write_text("password\n")
+    if as_user:
+        for path in (home, data, password):
+            shutil.chown(path, "postgres", "postgres")
+    subprocess.run(
+        [*as_user, str(initdb), "-D", str(data), "-U", "kr", "--pwfile", str(password), "--auth", "scram-sha-256"],
+        check=True,
+        capture_output=True,
+    )
+
+    def command(port: int) -> list[str]:
+        # the socket directory is the cluster's own (/var/run/postgresql may not exist or not be writable)
+        return [*as_user, str(postgres), "-D", str(data), "-h", HOST, "-p", str(port), "-k", str(data)]
+
+    def ready(base: str) -> bool:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            return sock.connect_ex((HOST, port)) == 0
+
+    process, base = launch("postgres", command, clean_env({}), Path(tmp_path) / "postgres.log", ready, timeout)
+    server = PostgresServer(int(base.rsplit(":", 1)[1]), process)
+    try:
+        deadline = time.monotonic() + timeout
+        for name in databases:
+            while True:  # the port opens a moment before the server accepts logins
+                done = subprocess.run(
+                    [str(postgres_bin("psql") or "psql"), server.uri("postgres"), "-c", f'CREATE DATABASE "{name}"'],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if done.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"postgres: cannot create {name}: {done.stderr}\n{_tail(process.log)}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        process.stop()
+        shutil.rmtree(home, ignore_errors=True)

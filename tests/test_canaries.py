@@ -96,7 +96,7 @@ def test_canaries_catch_a_model_that_learned_them_and_not_one_that_did_not(tmp_p
     canaries = make_canaries(CanaryConfig(copies=6, kind="noise"), 1, 28, 2, len(data.x_train), cfg, seed=0)
     paths = {}
     for name, train in (("with", with_canaries(data, canaries)), ("without", data)):
-        model = build_classifier(cfg, 1, 2, seed=0)
+        model = build_classifier(cfg, 1, 2, 28, seed=0)
         fit(model, lambda _e, t=train: (t.x_train, t.y_train), None, cfg, 0, name)
         paths[name] = save_classifier(model, tmp_path / f"{name}.pt")
     found = audit_canaries(canaries, paths, pool=None)

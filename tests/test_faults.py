@@ -51,7 +51,7 @@ def stack(tmp_path: Path, s3, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         monkeypatch.setenv(key, value)
     artifacts = (tmp_path / "mlartifacts").as_uri()
     student = save_classifier(
-        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 0), tmp_path / "student.pt"
+        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 28, 0), tmp_path / "student.pt"
     )
     with mlflow_server(tmp_path / "mlflow", artifacts, {}) as server:
         MlflowClient(tracking_uri=server.uri).create_experiment("faults")  # before runs race to create it

@@ -86,8 +86,20 @@ def base(engine) -> str:
     return BASE
 
 
+def prebuilt(variable: str) -> dict | None:
+    """An image named by `variable` instead of a build (iterating on a test): its tag and the commit it carries."""
+    image = os.environ.get(variable)
+    if not image:
+        return None
+    labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", image).stdout)
+    return {"image": image, "commit": labels["org.opencontainers.image.revision"]}
+
+
 @pytest.fixture(scope="module")
 def cpu_image(base, tmp_path_factory) -> dict:
+    """The CPU component image built from this checkout (air-gapped); $KR_TEST_CPU_IMAGE names a prebuilt one."""
+    if given := prebuilt("KR_TEST_CPU_IMAGE"):
+        return {"cpu": given["image"], "commit": given["commit"]}
     out = tmp_path_factory.mktemp("images")
     lock = out / "images.lock"
     script(
@@ -96,6 +108,22 @@ def cpu_image(base, tmp_path_factory) -> dict:
     )  # fmt: skip
     entries = dict(line.split("=", 1) for line in lock.read_text().splitlines() if line and not line.startswith("#"))
     return entries
+
+
+@pytest.fixture(scope="module")
+def mlflow_image(base, tmp_path_factory) -> str:
+    """The MLflow server image (docker/mlflow.Dockerfile), built air-gapped on the local base like the CPU image;
+    $KR_TEST_MLFLOW_IMAGE names a prebuilt one."""
+    if given := prebuilt("KR_TEST_MLFLOW_IMAGE"):
+        return given["image"]
+    out = tmp_path_factory.mktemp("mlflow-image")
+    lock = out / "images.lock"
+    script(
+        "scripts/build-images", "--registry", REGISTRY, "--no-push", "--allow-dirty", "--wheelhouse", "--images",
+        "mlflow", "--mlflow-base", base, "--out", str(out / "pipeline.yaml"), "--lock", str(lock),
+    )  # fmt: skip
+    entries = dict(line.split("=", 1) for line in lock.read_text().splitlines() if line and not line.startswith("#"))
+    return entries["mlflow"]
 
 
 def git_head() -> str:

@@ -158,14 +158,14 @@ def test_attack_controls_on_real_images() -> None:
         width=16, blocks_per_stage=1, epochs=60, batch_size=16, augment=False, dropout=0.0, weight_decay=0.0, bf16=False
     )
 
-    overfit = build_classifier(cfg, 1, 2, seed=0)
+    overfit = build_classifier(cfg, 1, 2, 28, seed=0)
     fit(overfit, lambda _e: (data.x_train[members], data.y_train[members]), None, cfg, 0, "overfit")
     leaky = attack_metrics(loss_attack(predict_logits(overfit, x), y), is_member)
     assert leaky["auc"] >= 0.8
 
     # trained on other training images: the 64 members are as unseen to it as the non-members
     others = np.setdiff1d(np.arange(len(data.x_train)), members)[:200]
-    unseen = build_classifier(cfg, 1, 2, seed=0)
+    unseen = build_classifier(cfg, 1, 2, 28, seed=0)
     fit(unseen, lambda _e: (data.x_train[others], data.y_train[others]), None, cfg, 0, "unseen")
     clean = attack_metrics(loss_attack(predict_logits(unseen, x), y), is_member)
     assert clean["auc_ci"][0] <= 0.5 <= clean["auc_ci"][1], (leaky["auc"], clean["auc"])

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 def store(tmp_path: Path) -> dict:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     student = save_classifier(
-        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 0), tmp_path / "s.pt"
+        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 28, 0), tmp_path / "s.pt"
     )
     return {"uri": uri, "artifacts": (tmp_path / "artifacts").as_uri(), "student": student}
 

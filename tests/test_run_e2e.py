@@ -7,6 +7,7 @@ fails an impossible gate, is registered without the alias, and leaves the champi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def check_summary(out: Path, n_classes: int, runner: str = "kfp.local") -> dict:
     assert gates["passed"] == all(gates[g]["passed"] for g in ("data", "accuracy", "privacy", "champion"))
     for name in ("report.md", "samples.png", "selection.png", "audit_record.json", "validation/real/index.html"):
         assert (out / name).is_file(), name
+    # every picture and file the report links lies where the link points (relative to the report)
+    links = re.findall(r"\]\(([^)#]+)\)", (out / "report.md").read_text())
+    assert "mia_roc.png" in links and all((out / link).is_file() for link in links if "://" not in link), links
     # the models are KFP task outputs under a run folder's kfp/ (an earlier run's, when KFP reused the task)
     for model in ("teacher", "student"):
         path = Path(summary["artifacts"][model])

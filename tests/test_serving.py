@@ -41,7 +41,7 @@ def store(tmp_path: Path, empty_db: Path) -> dict:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "mlartifacts").as_uri())
     student = save_classifier(
-        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 0), tmp_path / "student.pt"
+        build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 28, 0), tmp_path / "student.pt"
     )
     return {
         "uri": uri,
@@ -178,7 +178,7 @@ def test_a_changed_file_in_the_store_is_refused(store: dict, tmp_path: Path, tar
     version = register(store, logged)
     folder = model_folder(store, logged["model_id"])
     if target == "weights":
-        other = build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, seed=1)
+        other = build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 28, seed=1)
         save_classifier(other, folder / "artifacts" / store["student"].name)
     elif target == "serving_model.py":
         path = folder / target
@@ -280,7 +280,7 @@ def test_through_a_tracking_server_with_proxied_artifacts(tmp_path: Path, empty_
     with mlflow_server(tmp_path / "server", artifacts.as_uri(), {}) as server:
         client = MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
         student = save_classifier(
-            build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 0), tmp_path / "student.pt"
+            build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 28, 0), tmp_path / "student.pt"
         )
         store = {
             "uri": server.uri,

@@ -7,6 +7,7 @@ and the data of each epoch comes from a callable, so the student can see a fresh
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,21 +48,49 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.skip(x))
 
 
-class SmallResNet(nn.Module):
-    """Three stages at 28, 14 and 7 pixels; about 0.7 M parameters at width 32.
+BASE_SIZE = 28  # the side the three stages are laid out for (MedMNIST's original resolution)
 
-    Input float (N, channels, 28, 28) scaled to [-1, 1] (`kr.runtime.to_unit`); output float logits (N, n_classes).
-    `arch` holds the constructor arguments, saved with the weights so `load_classifier` can rebuild the model.
+
+def stem_downsamples(image_size: int) -> int:
+    """How many stride-2 convolutions the stem adds so that the first stage sees about BASE_SIZE pixels:
+    round(log2(image_size / 28)), at least 0. 28 -> 0, 64 -> 1 (32 px), 128 -> 2 (32 px), 224 -> 3 (28 px).
+    Keeping the stages' resolution fixed keeps compute and receptive field per stage near the 28-pixel network's,
+    the usual ResNet recipe (He et al. 2016, sec. 3.4: a strided stem before the stages)."""
+    return max(0, round(math.log2(image_size / BASE_SIZE)))
+
+
+class SmallResNet(nn.Module):
+    """A stem, then three stages at S, S/2 and S/4 pixels (S about 28 whatever the input side); about 0.7 M
+    parameters at width 32.
+
+    Input float (N, channels, image_size, image_size) scaled to [-1, 1] (`kr.runtime.to_unit`); output float logits
+    (N, n_classes). `downsamples` stride-2 3x3 conv-BN-ReLU layers in the stem bring larger images to about 28
+    pixels (`stem_downsamples`). `arch` holds the constructor arguments, saved with the weights so
+    `load_classifier` can rebuild the model.
     """
 
     def __init__(
-        self, channels: int, n_classes: int, width: int = 32, blocks_per_stage: int = 2, dropout: float = 0.1
+        self,
+        channels: int,
+        n_classes: int,
+        width: int = 32,
+        blocks_per_stage: int = 2,
+        dropout: float = 0.1,
+        downsamples: int = 0,
     ) -> None:
         super().__init__()
         self.arch = dict(
-            channels=channels, n_classes=n_classes, width=width, blocks_per_stage=blocks_per_stage, dropout=dropout
+            channels=channels,
+            n_classes=n_classes,
+            width=width,
+            blocks_per_stage=blocks_per_stage,
+            dropout=dropout,
+            downsamples=downsamples,
         )
-        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stem: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        for _ in range(downsamples):
+            stem += [nn.Conv2d(width, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        self.stem = nn.Sequential(*stem)
         layers, c_in = [], width
         for i, mult in enumerate((1, 2, 4)):
             for j in range(blocks_per_stage):
@@ -78,25 +107,28 @@ class SmallResNet(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-def build_classifier(cfg: ClassifierConfig, channels: int, n_classes: int, seed: int) -> SmallResNet:
-    """A fresh, untrained SmallResNet of cfg's width, blocks_per_stage and dropout, on the CPU.
+def build_classifier(cfg: ClassifierConfig, channels: int, n_classes: int, image_size: int, seed: int) -> SmallResNet:
+    """A fresh, untrained SmallResNet of cfg's width, blocks_per_stage and dropout for image_size-pixel square
+    images (its stem sized by `stem_downsamples`), on the CPU.
 
     Seeds torch's global generator with `seed` first (a side effect), so the initial weights depend on it alone.
     """
     torch.manual_seed(seed)  # initial weights are part of what makes a run reproducible
-    return SmallResNet(channels, n_classes, cfg.width, cfg.blocks_per_stage, cfg.dropout)
+    return SmallResNet(channels, n_classes, cfg.width, cfg.blocks_per_stage, cfg.dropout, stem_downsamples(image_size))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
-    """Random shifts of up to 2 pixels (reflect padding) and optional horizontal flips (p = 0.5), on a whole batch.
+    """Random shifts of up to 2 pixels per 28 of image side (2 at 28, 5 at 64: the same fraction of the image;
+    reflect padding) and optional horizontal flips (p = 0.5), on a whole batch.
 
     x: float (N, C, H, W) on the CPU (where `gen` draws); returns a new tensor of the same shape; x is unchanged.
     """
     n = x.shape[0]
-    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
-    dx = torch.randint(0, 5, (n,), generator=gen)
-    dy = torch.randint(0, 5, (n,), generator=gen)
     h, w = x.shape[-2:]
+    pad = max(2, round(2 * h / BASE_SIZE))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 4)
     out = torch.gather(padded, 2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -46,6 +47,29 @@ class GeneratorError(RuntimeError):
     pass
 
 
+def unet_levels(cfg: GeneratorConfig, image_size: int) -> list[tuple[int, bool]]:
+    """(channels, attention) per UNet resolution level for image_size-pixel images.
+
+    cfg's levels are written for 28-pixel images (its lowest level at 7 pixels). Each doubling of the side above 28
+    (round(log2(image_size / 28)): one at 64, two at 128, three at 224) puts one more level in front, at full
+    resolution, with cfg.block_out_channels[0] channels and no attention, so that the levels cfg describes, and
+    their attention, run at the resolutions they were tuned for (7-8 pixels at the bottom) while the cost of the
+    added levels stays that of the cheapest one (the usual way DDPM UNets grow with resolution: Ho et al. 2020,
+    appendix B; Nichol & Dhariwal 2021). Raises ValueError when image_size is not divisible by 2 ** (levels - 1),
+    which diffusers' down/up sampling needs.
+    """
+    extra = max(0, round(math.log2(image_size / 28)))
+    levels = [(cfg.block_out_channels[0], False)] * extra + list(
+        zip(cfg.block_out_channels, cfg.attention_levels, strict=True)
+    )
+    if image_size % 2 ** (len(levels) - 1):
+        raise ValueError(
+            f"a {image_size}-pixel image cannot pass {len(levels) - 1} halvings of a {len(levels)}-level UNet: "
+            "give generator.block_out_channels a level count that divides it"
+        )
+    return levels
+
+
 def build_unet(cfg: GeneratorConfig, channels: int, n_classes: int, image_size: int = 28) -> UNet2DModel:
     """An untrained class-conditional diffusers UNet2DModel for (channels, image_size, image_size) images.
 
@@ -53,18 +77,18 @@ def build_unet(cfg: GeneratorConfig, channels: int, n_classes: int, image_size: 
     (Ho & Salimans 2021). Called as unet(x float (N, C, S, S), t, class_labels=int64 (N,)).sample -> float (N, C,
     S, S): the noise or the velocity, as cfg.prediction_type says.
     """
-    levels = list(zip(cfg.block_out_channels, cfg.attention_levels, strict=True))
+    levels = unet_levels(cfg, image_size)
     return UNet2DModel(
         sample_size=image_size,
         in_channels=channels,
         out_channels=channels,
-        block_out_channels=tuple(cfg.block_out_channels),
+        block_out_channels=tuple(c for c, _ in levels),
         down_block_types=tuple("AttnDownBlock2D" if attn else "DownBlock2D" for _, attn in levels),
         up_block_types=tuple("AttnUpBlock2D" if attn else "UpBlock2D" for _, attn in reversed(levels)),
         layers_per_block=cfg.layers_per_block,
         norm_num_groups=cfg.norm_num_groups,
-        attention_head_dim=min(32, cfg.block_out_channels[-1]),
-        add_attention=cfg.attention_levels[-1],
+        attention_head_dim=min(32, levels[-1][0]),
+        add_attention=levels[-1][1],
         # one extra class index is the "no label" token that label dropout trains for guidance
         num_class_embeds=n_classes + 1,
     )

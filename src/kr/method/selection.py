@@ -107,7 +107,7 @@ def select_generator(
         scheduler = sampling_scheduler(gen_dir, sampler)
         for scale in cfg.guidance_scales:
             images = sample(unet, scheduler, labels, scale, sampler, noise_seed, f"select {ckpt.name} w={scale:g}")
-            quick = build_classifier(cfg.classifier, data.info.channels, n_classes, seed)
+            quick = build_classifier(cfg.classifier, data.info.channels, n_classes, data.info.image_size, seed)
             fit(
                 quick,
                 lambda _e, x=images: (x, labels),

@@ -41,7 +41,7 @@ def train_student(data: Dataset, pool_paths: list[Path], cfg: GKDConfig, out_dir
     pool = load_pool(pool_paths)
     slices = pool_slices(len(pool["images"]), cfg.pool_slices, seed)
     targets = softmax(pool["teacher_logits"].astype(np.float64), cfg.temperature).astype(np.float32)
-    model = build_classifier(cfg.student, data.info.channels, data.info.n_classes, seed)
+    model = build_classifier(cfg.student, data.info.channels, data.info.n_classes, data.info.image_size, seed)
     recipe = cfg.student.model_copy(update={"epochs": cfg.epochs})  # gkd.epochs is the one epoch count of GKD
     history = fit(
         model,
@@ -78,7 +78,7 @@ def train_naive(data: Dataset, pool_paths: list[Path], gkd: GKDConfig, cfg: Naiv
     pool = load_pool(pool_paths)
     fixed = pool_slices(len(pool["images"]), gkd.pool_slices, seed)[0]
     x, y = pool["images"][fixed], pool["gen_labels"][fixed].astype(np.int64)
-    model = build_classifier(gkd.student, data.info.channels, data.info.n_classes, seed)
+    model = build_classifier(gkd.student, data.info.channels, data.info.n_classes, data.info.image_size, seed)
     train_cfg = gkd.student.model_copy(update={"epochs": cfg.epochs})
     history = fit(model, lambda _e: (x, y), (data.x_val, data.y_val), train_cfg, seed, "naive CAS")
     return {

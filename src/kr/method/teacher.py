@@ -18,7 +18,7 @@ def train_teacher(data: Dataset, cfg: ClassifierConfig, out_dir: Path, seed: int
     (`classification_metrics` dicts: accuracy a fraction in [0, 1])}.
     """
     info = data.info
-    model = build_classifier(cfg, info.channels, info.n_classes, seed)
+    model = build_classifier(cfg, info.channels, info.n_classes, info.image_size, seed)
     history = fit(model, lambda _epoch: (data.x_train, data.y_train), (data.x_val, data.y_val), cfg, seed, "teacher")
     val = classification_metrics(predict_logits(model, data.x_val, bf16=cfg.bf16), data.y_val)
     test = classification_metrics(predict_logits(model, data.x_test, bf16=cfg.bf16), data.y_test)

@@ -141,7 +141,7 @@ def train_reference_models(
     """
     out = []
     for k, mask in enumerate(ref_in):
-        model = build_classifier(cfg, channels, n_classes, derive_seed(seed, "reference", k))
+        model = build_classifier(cfg, channels, n_classes, x.shape[-1], derive_seed(seed, "reference", k))
         fit(
             model,
             lambda _e, m=mask: (x[m], y[m]),
