@@ -8,7 +8,8 @@
 # makes one from a Debian mirror), and a filled docker/wheelhouse makes the build install without any network
 # (see the RUN below; scripts/build-images --wheelhouse fills it and builds with --network none).
 # TORCH_BUILD=cuda makes the GPU variant from this same file: torch==TORCH_VERSION is then installed from the
-# wheelhouse or index (the PyPI Linux wheel, a CUDA build, with its nvidia-* wheels) instead of the +cpu wheel.
+# wheelhouse or index (the PyPI Linux wheel, a CUDA build, with its nvidia-* wheels; not in the locks, so not
+# hash-checked) instead of requirements/torch-cpu.lock's +cpu wheel.
 # Build context: the repository root (see .dockerignore).
 ARG BASE_IMAGE=python:3.11.14-slim-trixie
 
@@ -26,29 +27,29 @@ WORKDIR /build
 # installs from it alone (PIP_NO_INDEX, PIP_FIND_LINKS): the build needs no network. Without wheels pip uses the
 # indexes. The wheelhouse stays in this stage: the final image gets only the venv.
 COPY docker/wheelhouse ./wheelhouse
-COPY constraints.txt ./
-# The dependencies first, so that a change to the project's code reinstalls only kr: the CPU torch wheel (from the
-# PyTorch CPU index; constraints.txt's torch==2.13.0 matches 2.13.0+cpu) and, with a wheelhouse, kr's other
-# dependencies (wheelhouse/kr-requirements.txt, written by scripts/build-images: the versions pip resolved there with
-# constraints.txt), then medmnist without its torchvision requirement, as scripts/bootstrap does.
+COPY requirements/torch-cpu.lock requirements/build.lock requirements/kr.lock ./requirements/
+# The dependencies first, so that a change to the project's code reinstalls only kr, exactly as locked
+# (`--require-hashes --no-deps`: every file is checked against its sha256 in the lock, nothing is resolved here):
+# the CPU torch wheel (requirements/torch-cpu.lock, from the PyTorch CPU index or the wheelhouse), the build backend
+# (requirements/build.lock: what builds kfp-server-api, PyPI has no wheel of it, and kr, with --no-build-isolation),
+# then kr's dependencies and medmnist (requirements/kr.lock: medmnist without its torchvision requirement).
 RUN if [ -n "$(find wheelhouse -maxdepth 1 -name '*.whl' -print -quit)" ]; then \
         export PIP_NO_INDEX=1 PIP_FIND_LINKS=/build/wheelhouse; echo "pip: the wheelhouse only, no index"; fi \
     && python3 -m venv /opt/venv \
     && if [ "${TORCH_BUILD}" = cpu ]; then \
-        /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu --no-deps "torch==${TORCH_VERSION}+cpu"; fi \
-    && if [ -f wheelhouse/kr-requirements.txt ]; then \
-        /opt/venv/bin/pip install --constraint constraints.txt --requirement wheelhouse/kr-requirements.txt; fi \
-    && /opt/venv/bin/pip install --no-deps medmnist==3.0.2
+        /opt/venv/bin/pip install --require-hashes --no-deps --index-url https://download.pytorch.org/whl/cpu \
+            --requirement requirements/torch-cpu.lock; \
+    else /opt/venv/bin/pip install "torch==${TORCH_VERSION}"; fi \
+    && /opt/venv/bin/pip install --require-hashes --no-deps --requirement requirements/build.lock \
+    && /opt/venv/bin/pip install --require-hashes --no-deps --no-build-isolation --requirement requirements/kr.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
-# Then kr, built as a wheel from this build context and installed with every other version from constraints.txt
-# (with a wheelhouse, all of them are in place already).
-RUN if [ -n "$(find wheelhouse -maxdepth 1 -name '*.whl' -print -quit)" ]; then \
-        export PIP_NO_INDEX=1 PIP_FIND_LINKS=/build/wheelhouse; fi \
-    && /opt/venv/bin/pip wheel --no-deps --wheel-dir /build/wheels . \
-    && /opt/venv/bin/pip install --constraint constraints.txt /build/wheels/kr-*.whl
+# Then kr, built as a wheel from this build context with the locked setuptools (--no-build-isolation: nothing
+# unlocked is downloaded) and installed without dependencies (all of them are in place already).
+RUN /opt/venv/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /build/wheels . \
+    && /opt/venv/bin/pip install --no-deps /build/wheels/kr-*.whl
 
 FROM ${BASE_IMAGE}
 ARG TORCH_VERSION=2.13.0

@@ -22,22 +22,24 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 # With wheels in docker/wheelhouse pip installs from it alone, without an index (see docker/cpu.Dockerfile).
 COPY docker/wheelhouse ./wheelhouse
-COPY pyproject.toml constraints.txt README.md ./
+COPY requirements/build.lock requirements/kr.lock ./requirements/
+COPY pyproject.toml README.md ./
 COPY src ./src
 COPY components ./components
 COPY pipelines ./pipelines
-# The torch line is dropped from the constraints: it pins the CPU wheel the tests use, and installing it here
-# would replace the base image's CUDA build. The venv sees that CUDA torch through --system-site-packages, so
-# `torch>=2.4` is already satisfied and pip leaves it alone; every other package gets its constraints.txt version.
-# kr is built as a wheel first, so no source tree reaches the final stage. medmnist comes without its torchvision
-# requirement, as in scripts/bootstrap.
+# kr's dependencies exactly as locked (`--require-hashes --no-deps`: every file checked against its sha256, nothing
+# resolved here). requirements/kr.lock holds no torch (the CPU wheel is in requirements/torch-cpu.lock, which this
+# image does not use): the venv sees the base image's CUDA build through --system-site-packages and keeps it. The
+# build backend (requirements/build.lock) comes first: kfp-server-api (PyPI has no wheel of it) and kr are built with
+# it (--no-build-isolation); kr is installed from its wheel without dependencies, so no source tree reaches the final
+# stage. medmnist is in the lock, without its torchvision requirement.
 RUN if [ -n "$(find wheelhouse -maxdepth 1 -name '*.whl' -print -quit)" ]; then \
         export PIP_NO_INDEX=1 PIP_FIND_LINKS=/build/wheelhouse; echo "pip: the wheelhouse only, no index"; fi \
-    && grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt \
     && python -m venv --system-site-packages /opt/venv \
-    && /opt/venv/bin/pip wheel --no-deps --wheel-dir /build/wheels . \
-    && /opt/venv/bin/pip install --constraint constraints-gpu.txt /build/wheels/kr-*.whl \
-    && /opt/venv/bin/pip install --no-deps medmnist==3.0.2
+    && /opt/venv/bin/pip install --require-hashes --no-deps --requirement requirements/build.lock \
+    && /opt/venv/bin/pip install --require-hashes --no-deps --no-build-isolation --requirement requirements/kr.lock \
+    && /opt/venv/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /build/wheels . \
+    && /opt/venv/bin/pip install --no-deps /build/wheels/kr-*.whl
 
 FROM ${BASE_IMAGE}
 ARG TORCH_VERSION=2.13.0
@@ -52,7 +54,7 @@ RUN dpkg-query -W -f '${Package}\n' | { grep -E '^(gcc|g\+\+|cpp|clang)(-[0-9.]+
     && install -d -o 10001 -g 0 -m 0775 /gcs /minio /s3 /oci \
     && chmod 0775 /home/kr
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /build/constraints.txt /opt/kr/constraints.txt
+COPY constraints.txt /opt/kr/constraints.txt
 COPY docker/verify_image.py /opt/kr/verify_image.py
 ENV PATH=/opt/venv/bin:${PATH} \
     VIRTUAL_ENV=/opt/venv \

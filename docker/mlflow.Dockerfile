@@ -17,11 +17,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 # With wheels in docker/wheelhouse pip installs from it alone, without an index (see docker/cpu.Dockerfile).
 COPY docker/wheelhouse ./wheelhouse
-COPY constraints.txt docker/mlflow-requirements.txt ./
+# requirements/mlflow.lock: docker/mlflow-requirements.txt resolved at the versions kr is tested with (scripts/lock),
+# every file checked against its sha256 (`--require-hashes --no-deps`: nothing is resolved here).
+COPY requirements/mlflow.lock ./
 RUN if [ -n "$(find wheelhouse -maxdepth 1 -name '*.whl' -print -quit)" ]; then \
         export PIP_NO_INDEX=1 PIP_FIND_LINKS=/build/wheelhouse; echo "pip: the wheelhouse only, no index"; fi \
     && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --constraint constraints.txt --requirement mlflow-requirements.txt
+    && /opt/venv/bin/pip install --require-hashes --no-deps --requirement mlflow.lock
 
 FROM ${BASE_IMAGE}
 # Everything but the venv and the provenance first, the venv as late as possible: on a storage driver that copies

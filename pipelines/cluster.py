@@ -49,7 +49,87 @@ class ClusterInputError(ClusterError):
     already taken (the CLI exits 2)."""
 
 
+# What Kubeflow Pipelines runs a cron with: its ScheduledWorkflow controller parses it with robfig/cron v1's
+# `cron.Parse` (github.com/robfig/cron, parser.go; times in UTC): six space-separated fields, seconds first, each a
+# comma-separated list of `*` or `?` (any), N, or N-M, optionally /STEP (N/STEP runs from N to the field's end);
+# months and weekdays also by their first three letters (any case); the weekday is 0-6 with Sunday 0 (7 is refused).
+# It also accepts descriptors: the fixed ones are sent as the six fields they stand for (the same times, and one
+# format in `kr schedule list`); `@every <duration>` is an interval (KFP's periodic schedule), which kr does not set.
+_MONTHS = {
+    m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)
+}
+_WEEKDAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+# name, lowest, highest, names for values, what to tell a user
+CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int], str], ...] = (
+    ("second", 0, 59, {}, "0-59"),
+    ("minute", 0, 59, {}, "0-59"),
+    ("hour", 0, 23, {}, "0-23"),
+    ("day of month", 1, 31, {}, "1-31"),
+    ("month", 1, 12, _MONTHS, "1-12 or JAN-DEC"),
+    ("day of week", 0, 6, _WEEKDAYS, "0-6 or SUN-SAT (Sunday is 0)"),
+)
+CRON_DESCRIPTORS = {  # robfig/cron v1's parseDescriptor
+    "@yearly": "0 0 0 1 1 *",
+    "@annually": "0 0 0 1 1 *",
+    "@monthly": "0 0 0 1 * *",
+    "@weekly": "0 0 0 * * 0",
+    "@daily": "0 0 0 * * *",
+    "@midnight": "0 0 0 * * *",
+    "@hourly": "0 0 * * * *",
+}
+
+
 def check_cron(expr: str) -> str:
+    """The cron to give KFP for `expr`, checked as KFP's scheduler parses it (see CRON_FIELDS): `expr` itself, or
+    the six fields a descriptor (@daily, ...) stands for. Raises ClusterInputError naming the field, its value and
+    its allowed range; for a 5-field Unix cron, with the 6-field one meant."""
+    text = expr.strip()
+    if text.startswith("@"):
+        if text.split()[0] == "@every":
+            raise ClusterInputError(
+                f"cron {expr!r}: @every is an interval, which kr schedule does not set; give a cron, e.g. "
+                "'0 0 */6 * * *' for every 6 hours"
+            )
+        if text.lower() not in CRON_DESCRIPTORS:
+            raise ClusterInputError(f"cron {expr!r}: unknown descriptor; KFP knows {', '.join(CRON_DESCRIPTORS)}")
+        return CRON_DESCRIPTORS[text.lower()]
+    _six_fields(text)  # six fields (a hint for five)
+    for value, (name, low, high, names, allowed) in zip(text.split(), CRON_FIELDS, strict=True):
+        if problem := _cron_field_problem(value, low, high, names):
+            raise ClusterInputError(f"cron {expr!r}: {name} field {value!r}: {problem}; the {name} takes {allowed}")
+    return text
+
+
+def _cron_field_problem(field: str, low: int, high: int, names: dict[str, int]) -> str | None:
+    """What robfig/cron v1's getField would refuse in one field, or None."""
+
+    def number(token: str) -> int | None:
+        return names.get(token.lower(), int(token) if token.isdigit() else None)
+
+    for item in field.split(","):
+        what = f"{item!r} " if item != field else ""  # the item, where the field is a list
+        span, _, step = item.partition("/")
+        if "/" in step:
+            return f"{what}has more than one '/'"
+        if step and not (step.isdigit() and int(step) > 0):
+            return f"step {step!r} is not a positive number"
+        first, dash, last = span.partition("-")
+        if span in ("*", "?"):
+            continue
+        if "-" in last:
+            return f"{what}has more than one '-'"
+        start, end = number(first), number(last) if dash else None
+        if start is None or (dash and end is None):
+            return f"{what}is not a number{' or name' if names else ''}, a range or '*'"
+        end = end if dash else (high if step else start)
+        if start < low or end > high:
+            return f"{what}is out of range"
+        if start > end:
+            return f"{what}starts after it ends"
+    return None
+
+
+def _six_fields(expr: str) -> str:
     """KFP's cron has six fields, seconds first ('0 0 3 * * 0'); a 5-field Unix cron is a common slip."""
     fields = expr.split()
     if len(fields) == 5:
@@ -60,9 +140,6 @@ def check_cron(expr: str) -> str:
         raise ClusterInputError(
             f"cron {expr!r} has {len(fields)} fields; KFP's cron has 6: sec min hour day month weekday"
         )
-    bad = [f for f in fields if not CRON_FIELD.match(f)]
-    if bad:
-        raise ClusterInputError(f"cron {expr!r}: field(s) {', '.join(bad)} are not valid cron syntax")
     return expr
 
 
@@ -164,7 +241,7 @@ def schedule_runs(
 ) -> str:
     """A recurring run: at most one at a time (a slow retrain never overlaps the next), no catch-up backlog. A name
     another recurring run has is refused (ClusterInputError): pause, resume and delete find recurring runs by name."""
-    check_cron(cron)
+    cron = check_cron(cron)
     name = _check_name(name, "recurring run name")
     cluster = cluster or ClusterSettings()
     client = _client(host)

@@ -4,28 +4,53 @@ The same pipeline definition runs on a cluster; here every task is a subprocess 
 artifacts stay under `<out>/kfp`, and the run folder `<out>` gets the summary, report, plots and Data Docs. With
 caching on, a task whose inputs (its config section, upstream artifacts, data) equal an earlier run's is reused
 from kfp.local's cache instead of executed.
+
+Output: kfp.local prints every task's executor input and output and streams each task's output line by line, all
+with `print` and `logging` in the thread that runs the task (ParallelFor iterations run in worker threads). While the
+pipeline runs, `capture_tasks` takes sys.stdout and sys.stderr and sends each write, by thread, to the running task's
+`<out>/logs/<step>.log` (lines outside a task to `logs/pipeline.log`), and tells a `StepListener` (`kr run`'s view)
+when a task starts and ends and what its `kr.progress` bars report (their event lines, kept out of the log).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
 import shutil
+import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from kfp import local
+from kfp.local import logging_utils, status, task_dispatcher
+from kfp.local.orchestrator import task_executor
 
 from kr.pipelines.knowledge_recycling import build_pipeline
 from kr.pipelines.settings import ClusterSettings
-from kr.steps import POLICY_ENV, RUN_DIR_ENV, RunConfig, RunRequest, resolve_request
+from kr.steps import (
+    EVENTS_ENV,
+    LOGS_DIR,
+    PIPELINE_LOG,
+    POLICY_ENV,
+    RUN_DIR_ENV,
+    RunConfig,
+    RunRequest,
+    State,
+    StepListener,
+    log_path,
+    parse_event,
+    resolve_request,
+)
 
 RUNNER = "kfp.local"
 LOCAL_IMAGE = "local"  # the SubprocessRunner ignores images and runs the components in this environment
@@ -40,6 +65,7 @@ RUN_FILES = (
     "tracking.json",
     "audit_record.json",
     "validation",
+    LOGS_DIR,
 )
 
 
@@ -111,6 +137,179 @@ def archive_previous(out: Path) -> Path | None:
     return dest
 
 
+# kfp.local colours task names and statuses whatever its output is; a log file (and the failure tail printed from it)
+# gets the text alone
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# a ParallelFor iteration runs its tasks under <pipeline>/for-loop-N-iteration-I (kfp.local's resource name)
+ITERATION = re.compile(r"-iteration-(\d+)$")
+
+
+def step_of(task_name: str, pipeline_resource_name: str) -> str:
+    """The step a kfp.local task runs, as kr names it (train-teacher: train_teacher); a ParallelFor iteration's task
+    gets its index (regenerate-0), as its step result names it."""
+    step = task_name.replace("-", "_")
+    iteration = ITERATION.search(pipeline_resource_name)
+    return f"{step}-{iteration[1]}" if iteration else step
+
+
+class TaskLog:
+    """One task's output: whole lines to its log file (created at the first) and to the listener; `kr.progress`
+    event lines to the listener only."""
+
+    def __init__(self, step: str, path: Path, listener: StepListener) -> None:
+        self.step, self.path, self.listener = step, path, listener
+        self.dispatched = False  # kfp.local executed the task; a cache hit never gets that far
+        self._partial = ""  # a write need not end a line (docker streams chunks)
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()  # the pipeline's log is written from several threads
+
+    def write(self, text: str) -> None:
+        """Take `text`; every line it completes goes out."""
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                self._line(line.rstrip("\r"))
+
+    def close(self) -> None:
+        """Send the last, unfinished line and close the file."""
+        with self._lock:
+            if self._partial:
+                self._line(self._partial)
+                self._partial = ""
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _line(self, line: str) -> None:
+        line = ANSI.sub("", line)
+        if (event := parse_event(line)) is not None:
+            self.listener.step_progress(self.step, event)
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(line + "\n")
+        self._file.flush()  # the log is what a person tails while the step runs
+        self.listener.step_log(self.step, line)
+
+
+class TaskRouter:
+    """Which task each thread runs, and that task's log; threads outside a task write to the pipeline's log."""
+
+    def __init__(self, logs: Path, listener: StepListener) -> None:
+        self.logs, self.listener = logs, listener
+        self.pipeline = TaskLog(PIPELINE_LOG, log_path(logs, PIPELINE_LOG), listener)
+        self._local = threading.local()
+
+    def current(self) -> TaskLog:
+        """The log of the task this thread runs, else the pipeline's."""
+        return getattr(self._local, "task", None) or self.pipeline
+
+    def executing(self, original: Callable[..., tuple[dict, status.Status]]) -> Callable[..., Any]:
+        """`original` (kfp.local's execute_single_task: cache lookup, then dispatch) with this thread's output going
+        to the task's log, and the task's end (done, failed, cached) told to the listener."""
+
+        def execute(**kwargs: Any) -> tuple[dict, status.Status]:
+            step = step_of(kwargs["task_name"], kwargs["pipeline_resource_name"])
+            log = self._local.task = TaskLog(step, log_path(self.logs, step), self.listener)
+            state = State.FAILED
+            try:
+                outputs, task_status = original(**kwargs)
+                if task_status == status.Status.SUCCESS:
+                    state = State.DONE if log.dispatched else State.CACHED
+                return outputs, task_status
+            finally:
+                self._local.task = None
+                log.close()
+                self.listener.step_ended(step, state)
+
+        return execute
+
+    def dispatching(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """`original` (kfp.local's run_single_task_implementation, which runs the task) telling the listener first."""
+
+        def dispatch(**kwargs: Any) -> Any:
+            log = self.current()
+            log.dispatched = True
+            self.listener.step_started(log.step)
+            return original(**kwargs)
+
+        return dispatch
+
+
+class TaskStream(io.TextIOBase):
+    """sys.stdout or sys.stderr while the pipeline runs: each write goes to the log of the task its thread runs."""
+
+    def __init__(self, router: TaskRouter) -> None:
+        super().__init__()
+        self._router = router
+
+    def write(self, text: str) -> int:
+        self._router.current().write(text)
+        return len(text)
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+@contextlib.contextmanager
+def _swapped(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """`owner.name` is `value` inside the block, what it was after."""
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
+@contextlib.contextmanager
+def capture_tasks(logs: Path, listener: StepListener) -> Iterator[None]:
+    """While kfp.local runs the pipeline in this block: every task's output in `logs/<step>.log`, kfp.local's own
+    lines in `logs/pipeline.log`, nothing on this process's stdout and stderr (a console for the listener must be
+    given the real stream before), and the tasks' starts, ends and progress (their bars' event lines, which
+    EVENTS_ENV turns on in tasks that inherit this environment) told to `listener`.
+
+    It wraps two kfp.local functions (kfp 2.17; both are called through their module, so replacing the attribute
+    is enough): execute_single_task, which runs in the thread of one task, cached or not, and knows the task's name;
+    and run_single_task_implementation, which only an executed task reaches."""
+    router = TaskRouter(logs, listener)
+    with contextlib.ExitStack() as stack:
+        stack.callback(router.pipeline.close)
+        stack.enter_context(
+            _swapped(task_executor, "execute_single_task", router.executing(task_executor.execute_single_task))
+        )
+        stack.enter_context(
+            _swapped(
+                task_dispatcher,
+                "run_single_task_implementation",
+                router.dispatching(task_dispatcher.run_single_task_implementation),
+            )
+        )
+        # kfp.local indents streamed lines to set them off from its own; a log of its own needs no indent
+        stack.enter_context(_swapped(logging_utils, "indented_print", contextlib.nullcontext))
+        stack.enter_context(_environ({EVENTS_ENV: "1"}))  # the tasks' bars write their event lines
+        stack.enter_context(_swapped(sys, "stdout", TaskStream(router)))
+        stack.enter_context(_swapped(sys, "stderr", TaskStream(router)))
+        yield
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ inside the block (the SubprocessRunner's tasks inherit it), as they were after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 # what a task's container gets from this environment, when set: credentials, endpoints, the trail's key, the policy
 PASSED_ENV = (
     "MLFLOW_TRACKING_USERNAME",
@@ -130,16 +329,24 @@ PASSED_ENV = (
 )
 
 
-def run_local(req: RunRequest, out: Path, cache_root: Path | None = None, image: str | None = None) -> dict:
+def run_local(
+    req: RunRequest,
+    out: Path,
+    cache_root: Path | None = None,
+    image: str | None = None,
+    listener: StepListener | None = None,
+) -> dict:
     """Execute the pipeline into the run folder `out`; returns the summary. `cache_root`: reuse tasks from (and add
     them to) kfp.local's cache there; None: execute every task. `image`: run every task in its own container of
     that image (kfp.local's DockerRunner; `container_runner` says what it mounts); None: as subprocesses of this
-    Python. Raises PipelineFailed when the run failed, RunFolderBusy when another run writes into `out`."""
+    Python. Every task's output goes to `<out>/logs/<step>.log`, none to this process's stdout or stderr;
+    `listener` hears of the steps' starts, ends, progress and log lines. Raises PipelineFailed when the run failed,
+    RunFolderBusy when another run writes into `out`."""
     out = Path(out).resolve()
     if image:
         check_engine(image)  # before anything in `out` moves
     with run_folder_lock(out), _engine_timeout(ENGINE_TIMEOUT_S if image else None):
-        return _run_locked(req, out, cache_root, image)
+        return _run_locked(req, out, cache_root, image, listener or StepListener())
 
 
 ENGINE_TIMEOUT_S = 900  # seconds a Docker API call may take while kfp.local starts a task's container
@@ -217,7 +424,7 @@ def container_runner(cfg: RunConfig, out: Path, checkpoints: Path) -> local.Dock
         mounts.setdefault(str(path), Mount(target=str(path), source=str(path), type="bind", read_only=True))
     env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
     # HOME: a uid the image does not know still needs somewhere to cache (matplotlib, torch)
-    env |= {RUN_DIR_ENV: str(out), "HOME": "/tmp"}
+    env |= {RUN_DIR_ENV: str(out), "HOME": "/tmp", EVENTS_ENV: "1"}
     return local.DockerRunner(
         mounts=list(mounts.values()),
         environment=env,
@@ -226,7 +433,7 @@ def container_runner(cfg: RunConfig, out: Path, checkpoints: Path) -> local.Dock
     )
 
 
-def _run_locked(req: RunRequest, out: Path, cache_root: Path | None, image: str | None) -> dict:
+def _run_locked(req: RunRequest, out: Path, cache_root: Path | None, image: str | None, listener: StepListener) -> dict:
     archive_previous(out)
     started = req.started_at or datetime.now(UTC).isoformat(timespec="seconds")
     checkpoints = req.checkpoints_root or str(cache_root.parent / "checkpoints" if cache_root else out / "checkpoints")
@@ -251,20 +458,15 @@ def _run_locked(req: RunRequest, out: Path, cache_root: Path | None, image: str 
     # shard at a time: two torch processes on a few cores slow each other down several times over
     # and no ConfigMap: a local run's gate policy is the user's KR_GATE_POLICY (`kr run --gate-policy`)
     local_settings = ClusterSettings(retries=0, regen_parallelism=1, gate_policy_config_map="")
-    previous = os.environ.get(RUN_DIR_ENV)
+    runner_name = f"{RUNNER}/docker" if image else RUNNER
     # the tasks' run folder, told outside their inputs so that it never enters a cache key
-    os.environ[RUN_DIR_ENV] = str(out)
-    try:
-        runner_name = f"{RUNNER}/docker" if image else RUNNER
+    with _environ({RUN_DIR_ENV: str(out)}), capture_tasks(out / LOGS_DIR, listener):
         build_pipeline(image or LOCAL_IMAGE, local_settings, runner=runner_name)(**req.pipeline_arguments())
-    finally:
-        if previous is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous
     summary_path = out / "summary.json"
     if not summary_path.exists():
-        raise PipelineFailed(f"the pipeline ended without writing {summary_path}; see the task logs above")
+        raise PipelineFailed(
+            f"the pipeline ended without writing {summary_path}; see the task logs in {out / LOGS_DIR}"
+        )
     summary = json.loads(summary_path.read_text())
     if summary.get("status") != "succeeded":
         raise PipelineFailed(

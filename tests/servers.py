@@ -237,14 +237,34 @@ class MlflowServer:
 
 @contextmanager
 def mlflow_server(
-    tmp_path: Path, artifacts_destination: str, env: dict[str, str], timeout: float = 60.0
+    tmp_path: Path,
+    artifacts_destination: str,
+    env: dict[str, str],
+    timeout: float = 60.0,
+    admin_password: str | None = None,
 ) -> Iterator[MlflowServer]:
     """An MLflow tracking server (sqlite backend, proxied artifacts in `artifacts_destination`), stopped on exit.
 
-    `env` carries what the server needs to reach the artifact store (e.g. `MotoServer.env`).
+    `env` carries what the server needs to reach the artifact store (e.g. `MotoServer.env`). With `admin_password`,
+    MLflow's basic auth is on as the cluster runs it: the auth config is infra/base/mlflow/basic_auth.ini (default
+    permission NO_PERMISSIONS) with a SQLite auth database, and user `admin` has that password.
     """
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
+    auth: dict[str, str] = {}
+    if admin_password is not None:
+        import configparser
+
+        ini = configparser.ConfigParser(interpolation=None)
+        ini.read(Path(__file__).resolve().parents[1] / "infra" / "base" / "mlflow" / "basic_auth.ini")
+        ini["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'auth.db'}"
+        with (tmp_path / "basic_auth.ini").open("w") as f:
+            ini.write(f)
+        auth = {
+            "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+        }
 
     def command(port: int) -> list[str]:
         return [
@@ -260,10 +280,11 @@ def mlflow_server(
             str(port),
             "--workers",
             "1",
+            *(["--app-name", "basic-auth"] if auth else []),
         ]
 
     # job execution spawns a huey consumer pool: ~10 processes and 2.3 GB instead of 2 and 0.5 GB
-    server_env = clean_env({**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    server_env = clean_env({**env, **auth, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     log = tmp_path / "mlflow-server.log"
     process, uri = launch("mlflow server", command, server_env, log, lambda base: _healthy(f"{base}/health"), timeout)
     try:
@@ -290,8 +311,10 @@ class PostgresServer:
     port: int
     process: ServerProcess
 
-    def uri(self, database: str) -> str:
-        return f"postgresql://kr:password@{HOST}:{self.port}/{database}"
+    def uri(self, database: str, driver: str = "+psycopg2") -> str:
+        """SQLAlchemy's URI of `database` (the driver the MLflow image has: SQLAlchemy 2.1 alone picks psycopg 3);
+        driver="" gives libpq's own form, for psql."""
+        return f"postgresql{driver}://kr:password@{HOST}:{self.port}/{database}"
 
 
 PG_BIN = Path("/usr/lib/postgresql")
@@ -339,10 +362,11 @@ def postgres_server(tmp_path: Path, databases: tuple[str, ...], timeout: float =
     server = PostgresServer(int(base.rsplit(":", 1)[1]), process)
     try:
         deadline = time.monotonic() + timeout
+        psql = str(postgres_bin("psql") or "psql")
         for name in databases:
             while True:  # the port opens a moment before the server accepts logins
                 done = subprocess.run(
-                    [str(postgres_bin("psql") or "psql"), server.uri("postgres"), "-c", f'CREATE DATABASE "{name}"'],
+                    [psql, server.uri("postgres", driver=""), "-c", f'CREATE DATABASE "{name}"'],
                     capture_output=True,
                     text=True,
                     check=False,

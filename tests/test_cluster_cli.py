@@ -73,6 +73,53 @@ def test_schedule_refuses_a_bad_cron_before_contacting_the_cluster() -> None:
     assert result.exit_code == 2 and "6, seconds first" in result.output
 
 
+@pytest.mark.parametrize(
+    ("cron", "sent"),
+    [
+        ("0 0 3 * * 0", "0 0 3 * * 0"),
+        ("0 0 9 ? * 2-6", "0 0 9 ? * 2-6"),  # kfp's own docstring example
+        ("*/15 0,30 8-18/2 1-31 jan-DEC SUN,mon", "*/15 0,30 8-18/2 1-31 jan-DEC SUN,mon"),
+        ("0 5/10 * * * *", "0 5/10 * * * *"),
+        ("@daily", "0 0 0 * * *"),  # robfig/cron's descriptors, sent as the six fields they stand for
+        ("@weekly", "0 0 0 * * 0"),
+        ("@hourly", "0 0 * * * *"),
+    ],
+)
+def test_check_cron_accepts_what_kfps_scheduler_parses(cron: str, sent: str) -> None:
+    assert check_cron(cron) == sent
+
+
+@pytest.mark.parametrize(
+    ("cron", "words"),
+    [
+        ("0 61 * * * *", ["minute field '61'", "out of range", "0-59"]),
+        ("60 0 3 * * *", ["second field '60'", "0-59"]),
+        ("0 0 24 * * *", ["hour field '24'", "0-23"]),
+        ("0 0 3 0 * *", ["day of month field '0'", "1-31"]),
+        ("0 0 3 * 13 *", ["month field '13'", "1-12 or JAN-DEC"]),
+        ("0 0 3 * * 7", ["day of week field '7'", "0-6 or SUN-SAT"]),
+        ("0 0 3 * FOO *", ["month field 'FOO'", "not a number or name"]),
+        ("0 */0 * * * *", ["minute field '*/0'", "step '0' is not a positive number"]),
+        ("0 30-10 * * * *", ["minute field '30-10'", "starts after it ends"]),
+        ("0 1,2,99 * * * *", ["minute field '1,2,99'", "'99' is out of range"]),
+        ("0 0 3 L * ?", ["day of month field 'L'"]),  # Quartz's L/W/# are not robfig's
+        ("@every 1h", ["interval"]),
+        ("@fortnightly", ["unknown descriptor"]),
+    ],
+)
+def test_check_cron_names_the_bad_field_and_its_range(cron: str, words: list[str]) -> None:
+    with pytest.raises(ClusterInputError) as err:
+        check_cron(cron)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_schedule_create_refuses_an_out_of_range_cron_before_contacting_the_cluster() -> None:
+    result = CliRunner().invoke(
+        app, ["schedule", "create", "--host", CLOSED, "--image", IMAGE, "--cron", "0 61 * * * *"]
+    )
+    assert result.exit_code == 2 and "minute field '61'" in result.output and "0-59" in result.output
+
+
 def test_submit_to_an_unreachable_host_fails_clearly() -> None:
     result = CliRunner().invoke(app, ["submit", "--host", "http://127.0.0.1:9", "--image", IMAGE, "--profile", "smoke"])
     assert result.exit_code == 1
@@ -207,7 +254,7 @@ def test_schedule_create_refuses_a_bad_cron_before_contacting_the_cluster() -> N
     result = CliRunner().invoke(
         app, ["schedule", "create", "--host", CLOSED, "--image", IMAGE, "--cron", "0 0 3 * * $(rm)"]
     )
-    assert result.exit_code == 2 and "not valid cron syntax" in result.output
+    assert result.exit_code == 2 and "day of week field" in result.output
 
 
 @pytest.mark.parametrize(

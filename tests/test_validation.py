@@ -71,8 +71,9 @@ def test_real_breastmnist_shared_image_is_a_warning_by_default_and_fails_when_st
         "pixel_max": 255.0,
         "shared_with_train": 0,
         "duplicates_within_split": 0,
+        "label_conflicts": 0,  # its one conflict is between train and test: the shared-image check's, above
     }
-    assert report["rows"] == {"images": 780, "class_counts": 6}
+    assert report["rows"] == {"images": 780, "class_counts": 6, "splits": 3}
     assert all(e["success"] for e in report["expectations"])
     json.dumps(report)  # JSON-ready
 
@@ -99,6 +100,8 @@ def test_image_table_has_one_row_per_image_with_hash_and_shared_flag(tmp_path: P
         "mean",
         "hash",
         "shared_with_train",
+        "duplicate",
+        "label_conflict",
     ]
     row = table[(table["split"] == "val") & (table["index"] == 2)].iloc[0]
     assert row["shared_with_train"]
@@ -299,6 +302,15 @@ def test_shard_pixels_labels_and_logit_width_fail(tmp_path: Path) -> None:
     assert "teacher_logits: 4 columns; expected 5" in msg
 
 
+def test_shard_image_size_is_the_real_datas(tmp_path: Path) -> None:
+    images = np.random.default_rng(3).integers(0, 256, (50, 3, 64, 64), dtype=np.uint8)
+    path = write_shard(tmp_path / "s.npz", images=images)
+    assert validate_shard(path, 5, CFG, tmp_path / "any")["passed"]  # 64 is one of the MedMNIST+ sides
+    assert validate_shard(path, 5, CFG, tmp_path / "64", image_size=64)["passed"]
+    msg = shard_fails(path, tmp_path / "28", image_size=28)
+    assert "height: values outside {28}: [64] in 50 images" in msg and "width: values outside {28}" in msg
+
+
 def test_unreadable_shard_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.npz"
     with open(path, "wb") as f:
@@ -355,3 +367,79 @@ def test_hostile_shards_are_refused_before_inflating(tmp_path: Path) -> None:
                 z.writestr(member, raw)
         with pytest.raises(ValidationFailed, match=f"not a readable shard.*{word}"):
             validate_shard(tmp_path / name, 2, CFG, tmp_path / f"docs-{name}")
+
+
+# ---------------------------------------------------------------- implausible pixel ranges, duplicates
+
+
+def test_images_scaled_to_0_1_or_to_a_tiny_range_fail(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    # a [0, 1] float image cast to uint8 without the * 255: every pixel is 0 or 1
+    x_train = np.rint(data.x_train / 255.0).astype(np.uint8)
+    x_val = data.x_val // 32  # 0..7: 3 bits of 8 used (e.g. 11-bit values shifted one bit too far)
+    msg = fails(
+        dataclasses.replace(data, x_train=x_train, x_val=x_val),
+        tmp_path / "docs",
+        CFG,
+        "train: pixel values span only 0 to 1 over 60 images: images scaled to [0, 1] then cast to uint8? "
+        "multiply by 255 before casting",
+        f"val: pixel values span only {x_val.min()} to {x_val.max()} over 20 images (fewer than 16 grey levels): "
+        "not scaled to 0-255 before the cast to uint8? rescale to the full range",
+    )
+    assert "test: pixel values" not in msg
+    line = next(s for s in msg.splitlines() if "train: pixel values" in s)
+    assert len(line) < 300, line
+
+
+@needs_real
+def test_real_pneumoniamnist_passes_with_its_duplicates_reported(tmp_path: Path) -> None:
+    report = validate_real(load_dataset("pneumoniamnist", REAL_ROOT), ValidationConfig(), tmp_path / "docs")
+    assert report["passed"], report["failures"]
+    assert report["splits"]["train"]["pixel_max"] == 255.0
+    # its 8 val images shared with train lie within the 1% allowance; 18 train and 3 test images repeat one of their
+    # split under the same label: reported, not failed
+    assert any(w.startswith("val: 8 images also appear in train") for w in report["warnings"]), report["warnings"]
+    assert any(w.startswith("train: 18 images repeat") for w in report["warnings"]), report["warnings"]
+    assert any(w.startswith("test: 3 images repeat") for w in report["warnings"]), report["warnings"]
+
+
+def test_same_image_under_two_labels_fails(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    x_train, y_train = data.x_train.copy(), data.y_train.copy()
+    x_train[20], y_train[20] = x_train[3], (y_train[3] + 1) % 5  # within train
+    x_train[33], y_train[33] = x_train[3], y_train[3]  # and a third copy, under the first label
+    x_test, y_test = data.x_test.copy(), data.y_test.copy()
+    x_test[5], y_test[5] = data.x_val[2], (data.y_val[2] + 2) % 5  # across val and test
+    bad = dataclasses.replace(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    msg = fails(
+        bad,
+        tmp_path / "docs",
+        CFG,
+        "labels: 2 images are stored twice or more under different labels: "
+        f"train 3 (label {y_train[3]}) = train 20 (label {y_train[20]}) = train 33 (label {y_train[33]}); "
+        f"val 2 (label {data.y_val[2]}) = test 5 (label {y_test[5]})",
+    )
+    assert len(msg.splitlines()) == 3, msg  # heading, the one problem, the Data Docs path
+    # no tolerance makes it pass: the ground truth itself disagrees
+    report = validate_real(bad, ValidationConfig(max_shared_fraction=1.0), tmp_path / "lax", raise_on_failure=False)
+    assert not report["passed"]
+    assert report["splits"]["train"]["label_conflicts"] == 3 and report["splits"]["test"]["label_conflicts"] == 1
+    # the copy under the same label is also what it is: a repeat, reported
+    assert report["warnings"] == [
+        "train: 1 image repeats an earlier image of the split under the same label: 33 = 3 (reported, not failed)"
+    ]
+
+
+def test_same_image_under_the_same_label_is_a_warning(tmp_path: Path) -> None:
+    data = generated(tmp_path)
+    x_train = data.x_train.copy()
+    y_train = data.y_train.copy()
+    x_train[30], y_train[30] = x_train[4], y_train[4]
+    x_train[41], y_train[41] = x_train[4], y_train[4]
+    report = validate_real(dataclasses.replace(data, x_train=x_train, y_train=y_train), CFG, tmp_path / "docs")
+    assert report["passed"], report["failures"]
+    assert report["warnings"] == [
+        "train: 2 images repeat an earlier image of the split under the same label: 30 = 4, 41 = 4 "
+        "(reported, not failed)"
+    ]
+    assert report["splits"]["train"]["duplicates_within_split"] == 2

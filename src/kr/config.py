@@ -154,6 +154,20 @@ class DataConfig(Strict):
         description="image side in pixels of a MedMNIST flag: 28 reads <flag>.npz, 64/128/224 the MedMNIST+ file "
         "<flag>_<size>.npz; the generator and classifiers are sized for it. A custom file or folder must match it",
     )
+    # An image folder (kr.image_folder): how a class-per-folder tree without split folders is split, and its bounds.
+    folder_val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="image folder without split folders: share of each class drawn for val"
+    )
+    folder_test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="image folder without split folders: share of each class drawn for test"
+    )
+    folder_split_seed: int = Field(
+        0, ge=0, description="image folder: seed of the split draw (the same seed and files give the same split)"
+    )
+    folder_max_files: int = Field(200_000, ge=1, description="image folder: most image files read")
+    folder_max_side: int = Field(
+        1024, ge=1, description="image folder: largest image side accepted, read from each header before decoding"
+    )
     # Bounds checked from the zip directory and the .npy headers before anything is decompressed (kr.data.NpzLimits).
     # The defaults fit every 2-D MedMNIST file at 28x28: the largest, PathMNIST, is ~206 MB on disk, 212 MB for
     # train_images and 252 MB for all its arrays, stored at a compression ratio near 1.1.

@@ -1,15 +1,22 @@
-"""Load and validate MedMNIST 28x28 2-D datasets (official flags or custom .npz files in the same layout), from a
-local folder or from object storage (s3://bucket/key, fetched into a private temporary file and read as a local one).
+"""Load and validate MedMNIST 2-D datasets of 28, 64, 128 or 224 pixels a side (official flags or custom .npz files
+in the same layout), from a local folder or from object storage (s3://bucket/key, fetched into a private temporary
+file and read as a local one); download official files (`download_medmnist`).
+
+The medmnist package is not imported: its catalogue (INFO) is read through `kr.medmnist_catalog`, only when a
+MedMNIST flag is used, so custom files need no medmnist at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import math
 import os
 import re
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -19,16 +26,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-import medmnist
 import numpy as np
-from medmnist.info import DEFAULT_ROOT, INFO
 
+from kr import medmnist_catalog as catalog
 from kr.config import DataConfig, redact_uri
 
 SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels"))
-IMAGE_SIZE = 28
-_MULTI_LABEL_REFUSAL = "is not supported; Knowledge Recycling here needs one label per image"
+SIZES = catalog.SIZES  # image sides in pixels a dataset may have (DataConfig.size)
+_SINGLE_LABEL_ONLY = (
+    "Knowledge Recycling's GKD distils one softmax over classes into single-label teacher and student classifiers"
+)
 
 
 class DataError(ValueError):
@@ -43,7 +51,7 @@ class DatasetInfo:
     name: str
     path: str  # an absolute local path, or the s3://bucket/key it was fetched from (each later read fetches it again)
     md5: str
-    source: str  # 'medmnist' (known flag, MD5 verified) or 'file' (custom .npz)
+    source: str  # 'medmnist' (known flag, MD5 verified), 'file' (custom .npz) or 'folder' (image folder)
     task: str  # 'binary-class' or 'multi-class'
     n_classes: int
     channels: int
@@ -62,17 +70,19 @@ class DatasetInfo:
 
 @dataclass(eq=False)  # array fields make generated __eq__ meaningless
 class Dataset:
-    """A validated dataset: images uint8 (N, C, 28, 28) channels-first, labels int64 (N,) in [0, n_classes), per
-    split; every class has at least one training image. `limits`: the NpzLimits it was read under (None: defaults)."""
+    """A validated dataset: images uint8 (N, C, S, S) channels-first (S = info.image_size), labels int64 (N,) in
+    [0, n_classes), per split, N >= 1; every class has at least one training image. `limits`: the NpzLimits it was
+    read under (None: defaults)."""
 
     info: DatasetInfo
-    x_train: np.ndarray  # uint8 (N, C, 28, 28)
+    x_train: np.ndarray  # uint8 (N, C, S, S)
     y_train: np.ndarray  # int64 (N,)
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     limits: NpzLimits | None = None  # the limits it was read under: a saved reference is re-read under them
+    folder: FolderOptions | None = None  # an image folder's split and bounds: a saved reference re-reads with them
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of split 'train', 'val' or 'test'. Raises DataError for another name."""
@@ -92,8 +102,16 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
 
 
 def _root_text(data_root: str | Path | None) -> str:
-    root = data_root if data_root not in (None, "") else os.environ.get("KR_DATA_ROOT") or DEFAULT_ROOT
+    root = data_root if data_root not in (None, "") else os.environ.get("KR_DATA_ROOT") or catalog.DEFAULT_ROOT
     return os.fspath(root)
+
+
+def _info() -> dict[str, dict[str, Any]]:
+    """medmnist's INFO (read by kr.medmnist_catalog). Raises DataError, saying how to install it, without medmnist."""
+    try:
+        return catalog.info()
+    except ModuleNotFoundError as e:
+        raise DataError(str(e)) from None
 
 
 def file_md5(path: Path) -> str:
@@ -106,13 +124,39 @@ def file_md5(path: Path) -> str:
 
 
 def valid_flags() -> list[str]:
-    """MedMNIST 2-D flags this module can load."""
-    return [f for f in INFO if not f.endswith("3d")]
+    """MedMNIST 2-D flags (ChestMNIST included: `load_dataset` refuses it as multi-label, with why and what to do).
+    Raises DataError when medmnist is not installed."""
+    _info()
+    return catalog.flags_2d()
+
+
+def medmnist_flag(dataset: str) -> str:
+    """The MedMNIST 2-D flag `dataset` names, normalised ('BreastMNIST ' -> 'breastmnist').
+
+    Raises DataError for a 3-D or unknown flag (listing the 2-D ones) and when medmnist is not installed."""
+    flag = dataset.strip().lower()
+    if flag not in valid_flags():
+        kind = "3-D MedMNIST datasets are not supported" if flag in _info() else "unknown dataset name"
+        raise DataError(
+            f"{dataset}: {kind}; expected a path to a .npz file, an s3://bucket/key.npz URI or one of the 2-D "
+            "MedMNIST flags: " + ", ".join(valid_flags())
+        )
+    return flag
+
+
+def check_size(size: int) -> int:
+    """`size` when it is an image side kr reads (28, 64, 128 or 224 pixels); else DataError naming data.size."""
+    if isinstance(size, bool) or size not in SIZES:
+        raise DataError(f"image size {size!r} (data.size) is not one of MedMNIST's: {', '.join(map(str, SIZES))}")
+    return size
 
 
 def _is_path(dataset: str) -> bool:
-    """A path or URI of a custom file (as opposed to a MedMNIST flag)."""
-    return dataset.endswith(".npz") or any(sep and sep in dataset for sep in ("/", os.sep, os.altsep))
+    """A path or URI of a custom file or image folder (as opposed to a MedMNIST flag): it ends in .npz, holds a path
+    separator, or names an existing folder that is not a flag's name."""
+    if dataset.endswith(".npz") or any(sep and sep in dataset for sep in ("/", os.sep, os.altsep)):
+        return True
+    return os.path.isdir(dataset) and dataset.lower() not in _info()
 
 
 def _is_uri(text: str) -> bool:
@@ -135,61 +179,139 @@ def _check_uri(key: str, uri: str, object_required: bool) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
-def dataset_location(dataset: str, data_root: str | Path | None) -> str | Path:
+def dataset_location(dataset: str, data_root: str | Path | None, size: int = 28) -> str | Path:
     """Where a dataset's file is: an s3://bucket/key URI (a str) or an absolute local Path.
 
-    A custom file: `dataset` itself, a local path (relative to the cwd) or an s3://bucket/key URI. A MedMNIST 2-D
-    flag: <root>/<flag>.npz, root being `data_root`, else $KR_DATA_ROOT, else ~/.medmnist, a folder or an
-    s3://bucket/prefix. Raises DataError for a 3-D or unknown flag and for a URI that is not s3://bucket/key (another
-    scheme, an invalid bucket, credentials, a query). The file need not exist.
+    A custom file: `dataset` itself, a local path (relative to the cwd) or an s3://bucket/key URI (`size` is then
+    only checked to be one kr reads). A MedMNIST 2-D flag: <root>/<flag>.npz for size 28, <root>/<flag>_<size>.npz
+    for the MedMNIST+ sizes 64, 128 and 224, root being `data_root`, else $KR_DATA_ROOT, else ~/.medmnist, a folder
+    or an s3://bucket/prefix. Raises DataError for a 3-D or unknown flag, a size not in SIZES, and a URI that is not
+    s3://bucket/key (another scheme, an invalid bucket, credentials, a query). The file need not exist.
     """
+    check_size(size)
     if _is_uri(dataset):
         bucket, key = _check_uri("data.dataset", dataset, object_required=True)
         return f"s3://{bucket}/{key}"
     if _is_path(dataset):
         return Path(dataset).expanduser().absolute()
-    flag = dataset.strip().lower()
-    if flag not in valid_flags():
-        kind = "3-D MedMNIST datasets are not supported" if flag in INFO else "unknown dataset name"
-        raise DataError(
-            f"{dataset}: {kind}; expected a path to a .npz file, an s3://bucket/key.npz URI or one of the 2-D "
-            "MedMNIST flags: " + ", ".join(valid_flags())
-        )
+    name = catalog.file_name(medmnist_flag(dataset), size)
     root = _root_text(data_root)
     if _is_uri(root):
         bucket, prefix = _check_uri("data.data_root", root, object_required=False)
-        return f"s3://{bucket}/{prefix + '/' if prefix else ''}{flag}.npz"
-    return (Path(root).expanduser() / f"{flag}.npz").absolute()
+        return f"s3://{bucket}/{prefix + '/' if prefix else ''}{name}"
+    return (Path(root).expanduser() / name).absolute()
 
 
-def dataset_path(dataset: str, data_root: str | Path | None) -> Path:
-    """Absolute local path of a custom .npz (relative to the cwd) or of <root>/<flag>.npz for a MedMNIST 2-D flag.
-
-    Raises DataError for a 3-D or unknown flag, and for a file in object storage (`dataset_location` gives its URI).
-    The file need not exist.
-    """
-    location = dataset_location(dataset, data_root)
+def dataset_path(dataset: str, data_root: str | Path | None, size: int = 28) -> Path:
+    """Absolute local path of a custom .npz (relative to the cwd) or of a MedMNIST 2-D flag's file in its root (see
+    `dataset_location`). Raises DataError as `dataset_location` does, and for a file in object storage. The file need
+    not exist."""
+    location = dataset_location(dataset, data_root, size)
     if isinstance(location, str):
         raise DataError(f"{location}: lies in object storage, not in a local folder")
     return location
 
 
-def download_dataset(flag: str, data_root: str | Path | None) -> Path:
-    """Download <flag>.npz (28x28) with medmnist's own class, which also checks the MD5; returns its path.
+# --- download ------------------------------------------------------------------------------------------------------
 
-    Raises DataError (with how to place the file by hand) when the download fails for any reason.
+
+def download_medmnist(
+    flag: str,
+    size: int,
+    root: str | Path,
+    *,
+    url: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Download a MedMNIST 2-D flag's file at an image size into the folder `root` (created if needed); its path.
+
+    The file, <flag>.npz (size 28) or <flag>_<size>.npz, comes from `url` (default: INFO's, on Zenodo) over HTTP(S)
+    with the standard library, is streamed in 1 MB chunks to a hidden temporary file beside it while its MD5 is
+    computed, checked against `md5` (default: INFO's) and the length the server announced, then renamed into place:
+    the final name never holds a partial or wrong file. A file already there with the expected MD5 is kept, nothing
+    fetched. `progress`: a bar on stderr (MB, rate, ETA). `url` and `md5` serve a mirror (and tests); `timeout_s`
+    bounds the connection and each read. ChestMNIST downloads too, to make single-label files from.
+
+    Raises DataError for a 3-D or unknown flag, a size not in SIZES, medmnist not installed, and, saying how to place
+    the file by hand, for an unreachable server, an HTTP error, a connection cut short, an MD5 mismatch or a local
+    disk failure; the temporary file is deleted in every case.
     """
-    path = dataset_path(flag, data_root)
+    flag, size = medmnist_flag(flag), check_size(size)
+    target = (Path(root).expanduser() / catalog.file_name(flag, size)).absolute()
+    expected = md5 or catalog.md5(flag, size)
+    source = url or catalog.url(flag, size)
+    by_hand = f"To place the file by hand, download {catalog.url(flag, size)} (MD5 {expected}) to that path"
+    if target.is_file() and file_md5(target) == expected:
+        return target
+    partial: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cls = getattr(medmnist, INFO[path.stem]["python_class"])
-        cls(split="train", root=str(path.parent), download=True, size=IMAGE_SIZE)
-    except Exception as e:  # network, torchvision missing, MD5 mismatch...: all mean "place it by hand"
-        raise DataError(
-            f"{path}: download failed ({type(e).__name__}: {str(e).strip()[:300]}). Place the file by hand: "
-            f"get {path.name} from {INFO[path.stem]['url']} (MD5 {INFO[path.stem]['MD5']}) and copy it to {path}"
-        ) from e
-    return path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # beside the target, hidden: os.replace is atomic only within one file system
+        with tempfile.NamedTemporaryFile(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False
+        ) as part:
+            partial = Path(part.name)
+            got = _stream(source, part, target.name if progress else None, timeout_s)
+        if got != expected:
+            raise DataError(f"{target}: MD5 mismatch after download (got {got}); nothing was kept. {by_hand}")
+        partial.chmod(0o644)  # public data, readable as any download (the temporary file was private: 0600)
+        os.replace(partial, target)
+    except DataError:
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as e:  # urllib's errors are OSErrors; ValueError: a bad URL
+        via = "" if source == catalog.url(flag, size) else f" from {redact_uri(source)}"
+        raise DataError(f"{target}: download{via} failed ({_failure(e)}). {by_hand}") from e
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # gone already once renamed
+    return target
+
+
+def _stream(url: str, out: BinaryIO, label: str | None, timeout_s: float) -> str:
+    """Copy the body at `url` into `out` in 1 MB chunks, fsynced; return its MD5 hex digest. `label`: a progress
+    bar's name (None: no bar). Raises ConnectionError when the body ends short of its Content-Length, and whatever
+    urlopen and the reads raise (OSError, http.client.HTTPException, ValueError)."""
+    h, received = hashlib.md5(), 0
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        length = response.headers.get("Content-Length", "")
+        total = int(length) if length.isdigit() else None
+        with _download_bar(label, total) as advance:
+            # http.client returns b"" when the server closes early, without an error: the length is checked below
+            for chunk in iter(lambda: response.read(MB), b""):
+                h.update(chunk)
+                out.write(chunk)
+                received += len(chunk)
+                advance(len(chunk))
+    if total is not None and received != total:
+        raise ConnectionError(f"the connection closed after {received:,} of {total:,} bytes")
+    out.flush()
+    os.fsync(out.fileno())  # on disk before the rename makes it the file
+    return h.hexdigest()
+
+
+@contextmanager
+def _download_bar(label: str | None, total: int | None) -> Iterator[Callable[[int], None]]:
+    """advance(n_bytes) for a kr.progress bar in MB (rate, ETA) named `label`; a no-op when `label` is None or the
+    length is unknown (no Content-Length: a bar needs its total, and Zenodo always sends one)."""
+    if label is None or total is None:
+        yield lambda n: None
+        return
+    from kr.progress import bar  # rich, imported only when a bar is drawn
+
+    with bar(f"download {label}", total=total / MB, unit="MB") as b:
+        yield lambda n: b.advance(n / MB)
+
+
+def _failure(e: BaseException) -> str:
+    """A download failure in a few words: 'HTTP 404 Not Found', the URLError's reason, else the exception."""
+    if isinstance(e, urllib.error.HTTPError):
+        e.close()  # an HTTPError holds the response open
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"cannot reach the server: {e.reason}"
+    return f"{type(e).__name__}: {str(e).strip()[:200]}"
 
 
 MB = 1 << 20
@@ -204,7 +326,7 @@ _MAX_MEMBERS = 64
 # What a member may hold. Object arrays are refused whatever the kind: reading them means unpickling.
 _KINDS = {
     "images": ("uint8", lambda dt: dt == np.uint8),
-    "labels": ("an integer dtype", lambda dt: dt.kind in "iu"),
+    "labels": ("an integer dtype (or bool)", lambda dt: dt.kind in "biu"),  # bool: one-hot or 0/1 labels
     "numeric": ("a numeric dtype (bool, integer or float)", lambda dt: dt.kind in "biuf"),
 }
 MEDMNIST_MEMBERS = {k: "images" if k.endswith("_images") else "labels" for k in KEYS}
@@ -229,6 +351,25 @@ class NpzLimits:
         """The limits a `DataConfig` sets (its defaults when None)."""
         cfg = DataConfig() if cfg is None else cfg
         return cls(**{f.name: float(getattr(cfg, f.name)) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """How an image folder is read (`kr.image_folder.read_image_folder`): the split of a class-per-folder tree
+    (fractions of each class, seed) and its bounds (files, image side in pixels). `DataConfig` holds the same fields
+    with a folder_ prefix; `of` reads them."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    max_files: int = 200_000
+    max_side: int = 1024
+
+    @classmethod
+    def of(cls, cfg: DataConfig | None = None) -> FolderOptions:
+        """The options a `DataConfig` sets (its defaults when None)."""
+        cfg = DataConfig() if cfg is None else cfg
+        return cls(**{f.name: getattr(cfg, f"folder_{f.name}") for f in fields(cls)})
 
 
 def _mb(n: float) -> str:
@@ -424,48 +565,92 @@ def _read_member(
     return array
 
 
-def _check_images(path: Path | str, arrays: dict[str, np.ndarray]) -> int:
-    """Validate dtype/shape of the three image arrays; return the shared channel count."""
+def _check_images(path: Path | str, arrays: dict[str, np.ndarray], size: int) -> int:
+    """Check the three image arrays: uint8, shape (N, size, size) or (N, size, size, 3) with N >= 1, one channel count
+    for all; return it (1 or 3). Raises DataError naming the key (and the split for an empty one)."""
     channels: dict[str, int] = {}
     for split in SPLITS:
         key, x = f"{split}_images", arrays[f"{split}_images"]
         if x.dtype != np.uint8:
             raise DataError(f"{path}: key '{key}' has dtype {x.dtype}; expected uint8")
-        if x.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
-            channels[key] = 1
-        elif x.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3):
-            channels[key] = 3
-        else:
+        if x.ndim == 0 or x.shape[0] == 0:  # an empty split fails far from here (a reshape in training): say it now
             raise DataError(
-                f"{path}: key '{key}' has shape {x.shape}; expected (N, 28, 28) for grayscale or (N, 28, 28, 3) for RGB"
+                f"{path}: split '{split}' has no images (key '{key}' has shape {x.shape}); every split needs at "
+                "least one image"
             )
+        if x.shape[1:] not in ((size, size), (size, size, 3)):
+            raise DataError(_image_shape_message(path, key, x.shape, size))
+        channels[key] = 1 if x.ndim == 3 else 3
     if len(set(channels.values())) > 1:
         raise DataError(f"{path}: image splits disagree on channels: {channels}; all splits must agree")
     return channels["train_images"]
 
 
+def _image_shape_message(path: Path | str, key: str, shape: tuple[int, ...], size: int) -> str:
+    """Why an image array's shape is refused; for square images of another side, which setting reads them."""
+    message = (
+        f"{path}: key '{key}' has shape {shape}; expected (N, {size}, {size}) for grayscale or (N, {size}, {size}, 3) "
+        "for RGB"
+    )
+    square = len(shape) in (3, 4) and shape[1] == shape[2] and shape[3:] in ((), (3,))
+    if not square:
+        return message
+    side = shape[1]
+    fix = f"set data.size={side}" if side in SIZES else f"resize them to a side of {', '.join(map(str, SIZES))}"
+    return f"{message}: its images are {side}x{side} but the image size is {size} (data.size); {fix}"
+
+
 def _check_labels(path: Path | str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate label arrays against their images; return 1-D int64 labels per split."""
+    """Check the label arrays against their images; return the class index of every image, int64 (N,), per split.
+
+    Each split's labels: integer or bool, class indices of shape (N,) or (N, 1), or one-hot rows (N, K), K >= 2
+    (`_one_hot_classes`). Raises DataError for another dtype or shape, and for 2-D labels that are not one-hot.
+    """
     labels = {}
     for split in SPLITS:
         key, y = f"{split}_labels", arrays[f"{split}_labels"]
         n = len(arrays[f"{split}_images"])
-        if y.ndim == 2 and y.shape[1] > 1:
-            raise DataError(f"{path}: multi-label task (key '{key}' has shape {y.shape}) {_MULTI_LABEL_REFUSAL}")
-        if y.shape not in ((n,), (n, 1)):
+        if y.dtype.kind not in "biu":
+            raise DataError(f"{path}: key '{key}' has dtype {y.dtype}; expected an integer dtype (or bool)")
+        if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1:
+            labels[split] = _one_hot_classes(path, key, y)
+        elif y.shape in ((n,), (n, 1)):
+            labels[split] = y.reshape(-1).astype(np.int64)
+        else:
             raise DataError(
-                f"{path}: key '{key}' has shape {y.shape}; expected ({n},) or ({n}, 1) "
-                f"to match the {n} images in '{split}_images'"
+                f"{path}: key '{key}' has shape {y.shape}; expected ({n},) or ({n}, 1) class indices, or one-hot "
+                f"({n}, K), to match the {n} images in '{split}_images'"
             )
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{path}: key '{key}' has dtype {y.dtype}; expected an integer dtype")
-        labels[split] = y.reshape(-1).astype(np.int64)
     return labels
+
+
+def _one_hot_classes(path: Path | str, key: str, y: np.ndarray) -> np.ndarray:
+    """Class indices, int64 (N,), of one-hot labels y, integer or bool (N, K): every row one 1 and K - 1 zeros.
+
+    Raises DataError for values other than 0 and 1, and for rows of 0s and 1s without exactly one 1: a multi-label
+    set, which a single-label method cannot learn (the message says why and what to do)."""
+    binary = (y == 0) | (y == 1)
+    if not binary.all():
+        row = int(np.flatnonzero(~binary.all(axis=1))[0])
+        raise DataError(
+            f"{path}: key '{key}' has shape {y.shape} and values other than 0 and 1 (row {row}: "
+            f"{y[row, :6].tolist()}); 2-D labels are read only as one-hot rows, else give one class index per image, "
+            "shape (N,) or (N, 1)"
+        )
+    ones = np.count_nonzero(y, axis=1)
+    bad = np.flatnonzero(ones != 1)
+    if bad.size:
+        raise DataError(
+            f"{path}: key '{key}' (shape {y.shape}) is multi-label: {bad.size:,} of {len(y):,} rows do not hold "
+            f"exactly one 1 (row {bad[0]} holds {ones[bad[0]]}). {_SINGLE_LABEL_ONLY}. Keep one label per image, "
+            "or split the file into one binary task per label"
+        )
+    return y.argmax(axis=1).astype(np.int64)
 
 
 def _check_flag(path: Path | str, flag: str, channels: int, labels: dict[str, np.ndarray]) -> None:
     """Channels and sample counts must match what medmnist INFO says for the flag."""
-    info = INFO[flag]
+    info = _info()[flag]
     if channels != info["n_channels"]:
         raise DataError(f"{path}: images have {channels} channel(s); INFO for {flag} says {info['n_channels']}")
     for split in SPLITS:
@@ -476,21 +661,56 @@ def _check_flag(path: Path | str, flag: str, channels: int, labels: dict[str, np
             )
 
 
-def _check_classes(path: Path | str, labels: dict[str, np.ndarray], n_classes: int, names: tuple[str, ...]) -> None:
-    """Labels must lie in [0, n_classes), every class needs a training image, and n_classes >= 2."""
+def _some(indices: np.ndarray, shown: int = 3) -> str:
+    """The first few of many indices, compactly: '7', '7, 9, 12' or '7, 9, 12 and 250 more'."""
+    text = ", ".join(str(i) for i in indices[:shown])
+    return text + (f" and {indices.size - shown:,} more" if indices.size > shown else "")
+
+
+def _inferred_classes(path: Path | str, y_train: np.ndarray) -> tuple[tuple[str, ...], str]:
+    """A custom file's class names, '0' .. 'K-1', and where K came from (for messages): K = the largest training
+    label + 1, as every class needs a training image (a larger val/test label is out of range, not a new class).
+
+    Raises DataError when K exceeds the training images: that many classes cannot each have one, and a stray value
+    (255 for 'unknown') would otherwise ask for hundreds of empty classes (or a huge bincount)."""
+    top = int(y_train.max())  # the split is not empty: _check_images
+    at = np.flatnonzero(y_train == top)
+    where = f"train index {_some(at)}" if at.size <= 3 else f"{at.size:,} training images"
+    source = f"inferred from the largest training label, {top} ({where})"
+    if top >= len(y_train):
+        raise DataError(
+            f"{path}: {top + 1:,} classes {source}, for {len(y_train):,} training images: not every class can have "
+            "one. Labels must be 0..K-1 with every class in 'train'; is that label a stray value?"
+        )
+    return tuple(str(i) for i in range(top + 1)), source
+
+
+def _check_classes(path: Path | str, labels: dict[str, np.ndarray], names: tuple[str, ...], source: str) -> None:
+    """Labels must lie in [0, n_classes), n_classes >= 2 and every class needs a training image. `source`: where the
+    class count came from, said in every message (a few indices and values, never a list of hundreds)."""
+    n_classes = len(names)
+    count = f"the class count, {n_classes}, is {source}"
     for split, y in labels.items():
-        bad = np.unique(y[(y < 0) | (y >= n_classes)])
-        if bad.size:
+        out = np.flatnonzero((y < 0) | (y >= n_classes))
+        if out.size:
+            pairs = ", ".join(f"index {i}: {y[i]}" for i in out[:3])
+            more = f" and {out.size - 3:,} more" if out.size > 3 else ""
             raise DataError(
-                f"{path}: labels out of range in split '{split}': {bad[:10].tolist()}; "
-                f"allowed range is [0, {n_classes})"
+                f"{path}: split '{split}' has {out.size:,} label(s) out of range [0, {n_classes}) ({pairs}{more}); "
+                f"{count}"
             )
     if n_classes < 2:
         raise DataError(f"{path}: only {n_classes} class found; a classifier needs at least 2 classes")
     empty = np.flatnonzero(np.bincount(labels["train"], minlength=n_classes) == 0)
+    if empty.size == 1:
+        raise DataError(
+            f"{path}: class {empty[0]} ({names[empty[0]]!r}) has no training image in split 'train'; {count}"
+        )
     if empty.size:
-        which = ", ".join(f"{c} ({names[c]!r})" for c in empty)
-        raise DataError(f"{path}: class {which} has no training image in split 'train'")
+        raise DataError(
+            f"{path}: {empty.size:,} of {n_classes} classes have no training image in split 'train' (classes "
+            f"{_some(empty, 5)}); {count}. Labels must be 0..K-1, every class in 'train': a stray value?"
+        )
 
 
 # --- object storage -------------------------------------------------------------------------------------------------
@@ -639,46 +859,99 @@ def _missing_message(path: Path, flag: str | None) -> str:
 
 
 def load_dataset(
-    dataset: str, data_root: str | Path | None = None, download: bool = False, *, limits: NpzLimits | None = None
+    dataset: str,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    *,
+    size: int = 28,
+    limits: NpzLimits | None = None,
+    folder: FolderOptions | None = None,
 ) -> Dataset:
-    """Load and validate a MedMNIST flag or a custom .npz; images become (N, C, 28, 28) uint8.
+    """Load and validate a MedMNIST flag, a custom .npz or an image folder; images become (N, C, size, size) uint8.
 
-    The file needs {train,val,test}_{images,labels} and nothing else: uint8 (N, 28, 28) or (N, 28, 28, 3) images,
-    integer (N,) or (N, 1) labels. With `download`, a missing MedMNIST file is fetched first. `limits` (default:
-    `DataConfig`'s; pass `NpzLimits.of(cfg.data)`) bound the reading, see `read_npz`: a MedMNIST file's MD5 is
-    checked on its bytes before anything is decompressed. Raises DataError, naming the file and the problem, for a
-    missing or unreadable file, an unexpected member, object (pickled) arrays, a limit exceeded, a header that
-    disagrees with the zip directory, an MD5 or INFO mismatch (MedMNIST flags), a missing key, a wrong dtype or
-    shape, a multi-label task, labels out of range, fewer than two classes, or a class without a training image.
+    An image folder (PNG/JPEG files in one folder per class, with or without train/val/test folders:
+    `kr.image_folder`) is read with `folder` (default: `DataConfig`'s; pass `FolderOptions.of(cfg.data)`), its
+    identity the MD5 of its files' manifest, then validated as a custom file is (class names from the folders).
+
+    The file needs {train,val,test}_{images,labels} and nothing else: uint8 (N, size, size) or (N, size, size, 3)
+    images, N >= 1 in every split; integer or bool labels, one class index per image, (N,) or (N, 1), or one-hot
+    (N, K). `size` (DataConfig.size): 28, 64, 128 or 224; a flag then reads <flag>.npz or <flag>_<size>.npz (see
+    `dataset_location`). A custom file's class count is its largest training label + 1. With `download`, a missing
+    MedMNIST file is fetched first (`download_medmnist`). `limits` (default: `DataConfig`'s; pass
+    `NpzLimits.of(cfg.data)`) bound the reading, see `read_npz`: a MedMNIST file's MD5 is checked on its bytes before
+    anything is decompressed. Raises DataError, naming the file and the problem, for a multi-label flag (before any
+    read), a missing or unreadable file, an unexpected member, object (pickled) arrays, a limit exceeded, a header
+    that disagrees with the zip directory, an MD5 or INFO mismatch (MedMNIST flags), a missing key, a wrong dtype or
+    shape, an empty split, multi-label labels, labels out of range, fewer than two classes, or a class without a
+    training image.
     """
-    location = dataset_location(dataset, data_root)
-    flag = None if _is_path(dataset) else PurePosixPath(str(location)).stem
-    if flag is not None and "multi-label" in INFO[flag]["task"]:
-        raise DataError(f"{location}: multi-label task '{INFO[flag]['task']}' of {flag} {_MULTI_LABEL_REFUSAL}")
+    location = dataset_location(dataset, data_root, size)
+    flag = None if _is_path(dataset) else medmnist_flag(dataset)
+    if flag is not None and catalog.is_multi_label(flag):
+        raise DataError(_multi_label_flag_message(location, flag))
     limits = NpzLimits.of() if limits is None else limits
 
     def official(md5: str) -> None:
-        if md5 != INFO[flag]["MD5"]:
+        expected = catalog.md5(flag, size)
+        if md5 != expected:
             raise DataError(
-                f"{location}: MD5 mismatch for {flag}: expected {INFO[flag]['MD5']}, got {md5}; the file is corrupt "
-                "or not the official one, re-download it (--download after deleting it; in object storage, upload "
-                "the official file again)"
+                f"{location}: MD5 mismatch for {flag}: expected {expected}, got {md5}; the file is corrupt or not the "
+                "official one, re-download it (--download after deleting it; in object storage, upload the official "
+                "file again)"
             )
 
     verify = official if flag else None
     if isinstance(location, str):  # object storage: fetched, read as a local file, deleted
         try:
             with fetched(location, limits) as path:
-                return _load(path, flag, limits, verify, source=location)
+                return _load(path, flag, limits, verify, source=location, size=size)
         except _NoSuchObject as e:
-            hint = f"; upload {flag}.npz there (--download fetches into a local data root only)" if flag else ""
-            raise DataError(f"{e}{hint}") from e
+            hint = f"; upload {location.rpartition('/')[2]} there (--download fetches into a local data root only)"
+            raise DataError(f"{e}{hint if flag else ''}") from e
     path = location
+    if flag is None and path.is_dir():
+        return _load_folder(path, size, limits, FolderOptions() if folder is None else folder)
     if not path.is_file() and flag is not None and download:
-        download_dataset(flag, data_root)
+        download_medmnist(flag, size, path.parent)
     if not path.is_file():
         raise DataError(_missing_message(path, flag))
-    return _load(path, flag, limits, verify)
+    return _load(path, flag, limits, verify, size=size)
+
+
+def _multi_label_flag_message(location: str | Path, flag: str) -> str:
+    """Why a multi-label MedMNIST flag (ChestMNIST) is refused, and how to make a single-label dataset from it."""
+    return (
+        f"{location}: {flag} is multi-label ({len(_info()[flag]['label'])} labels per image), refused unread. "
+        f"{_SINGLE_LABEL_ONLY}. Make one binary task per finding (a .npz of labels[:, k] for finding k, passed "
+        "with --dataset), or keep one label per image"
+    )
+
+
+def _load_folder(path: Path, size: int, limits: NpzLimits, options: FolderOptions, md5: str | None = None) -> Dataset:
+    """Read an image folder (`kr.image_folder.read_image_folder`, its decoded arrays bounded by
+    `limits.max_total_mb`) and validate it as a custom file. `md5`: the manifest MD5 it must still have (a saved
+    reference). Raises DataError for every refusal of the reader, and a changed folder."""
+    from kr.image_folder import ImageFolderError, read_image_folder
+
+    try:
+        found = read_image_folder(
+            path,
+            size=size,
+            val_fraction=options.val_fraction,
+            test_fraction=options.test_fraction,
+            seed=options.split_seed,
+            max_files=options.max_files,
+            max_side=options.max_side,
+            max_total_mb=limits.max_total_mb,
+        )
+    except ImageFolderError as e:
+        raise DataError(str(e)) from e
+    if md5 is not None and found.md5 != md5:
+        raise DataError(
+            f"{path}: the image folder changed after validation (MD5 {found.md5}, validated {md5}); run again"
+        )
+    data = _validated(path, found.arrays, found.md5, None, size, "folder", found.class_names)
+    return replace(data, limits=limits, folder=options)
 
 
 def _load(
@@ -687,26 +960,48 @@ def _load(
     limits: NpzLimits,
     verify: Callable[[str], None] | None,
     source: str | None = None,
+    *,
+    size: int = 28,
 ) -> Dataset:
-    """Read (bounded, `verify` given the file's MD5 first) and validate the file at path. `source`: where the file
-    came from (an s3:// URI), named in messages and as the dataset's path instead of the local copy at `path`."""
+    """Read (bounded, `verify` given the file's MD5 first) and validate the file at path, its images of side `size`.
+    `source`: where the file came from (an s3:// URI), named in messages and as the dataset's path instead of the
+    local copy at `path`."""
     arrays, md5 = read_npz(path, MEDMNIST_MEMBERS, limits, verify, source=source)
-    where = source or path  # from here on the file is only named: in messages and the info
+    # from here on the file is only named: in messages and the info
+    data = _validated(source or path, arrays, md5, flag, size, "medmnist" if flag else "file")
+    return replace(data, limits=limits)
+
+
+def _validated(
+    where: str | Path,
+    arrays: Mapping[str, np.ndarray],
+    md5: str,
+    flag: str | None,
+    size: int,
+    source: str,
+    names: tuple[str, ...] | None = None,
+) -> Dataset:
+    """Validate MedMNIST-layout arrays (see `load_dataset`) read from `where` and make the Dataset. `names`: the
+    class names where the source gives them (an image folder's); else a flag's INFO, or inferred from the labels."""
     missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise DataError(f"{where}: missing keys {', '.join(missing)}; expected all of {', '.join(KEYS)}")
 
-    channels = _check_images(where, arrays)
+    channels = _check_images(where, arrays, size)
     labels = _check_labels(where, arrays)
-    if flag is not None:
-        _check_flag(where, flag, channels, labels)
-        names = tuple(INFO[flag]["label"][str(i)] for i in range(len(INFO[flag]["label"])))
-        task = "binary-class" if INFO[flag]["task"] == "binary-class" else "multi-class"
-    else:
-        # negative labels are caught by the range check in _check_classes
-        names = tuple(str(i) for i in range(max(int(y.max(initial=-1)) for y in labels.values()) + 1))
+    if names is not None:
+        source_of_count = f"one class per folder ({len(names)})"
         task = "binary-class" if len(names) == 2 else "multi-class"
-    _check_classes(where, labels, len(names), names)
+    elif flag is not None:
+        _check_flag(where, flag, channels, labels)
+        label_names = _info()[flag]["label"]
+        names = tuple(label_names[str(i)] for i in range(len(label_names)))
+        task = "binary-class" if _info()[flag]["task"] == "binary-class" else "multi-class"
+        source_of_count = f"given by medmnist's INFO for {flag}"
+    else:
+        names, source_of_count = _inferred_classes(where, labels["train"])
+        task = "binary-class" if len(names) == 2 else "multi-class"
+    _check_classes(where, labels, names, source_of_count)
 
     def images(split: str) -> np.ndarray:
         x = arrays[f"{split}_images"]
@@ -716,18 +1011,18 @@ def _load(
         name=flag or PurePosixPath(str(where)).stem,
         path=str(where),
         md5=md5,
-        source="medmnist" if flag else "file",
+        source=source,
         task=task,
         n_classes=len(names),
         channels=channels,
-        image_size=IMAGE_SIZE,
+        image_size=size,
         class_names=names,
         n_train=len(labels["train"]),
         n_val=len(labels["val"]),
         n_test=len(labels["test"]),
     )
     x_train, x_val, x_test = images("train"), images("val"), images("test")
-    return Dataset(info, x_train, labels["train"], x_val, labels["val"], x_test, labels["test"], limits)
+    return Dataset(info, x_train, labels["train"], x_val, labels["val"], x_test, labels["test"])
 
 
 def save_dataset(data: Dataset, folder: str | Path) -> Path:
@@ -742,6 +1037,8 @@ def save_dataset(data: Dataset, folder: str | Path) -> Path:
     reference = data.info.to_dict()
     if data.limits is not None:  # later steps re-read the file under the limits it was validated with
         reference["read_limits"] = asdict(data.limits)
+    if data.folder is not None:  # and an image folder with the same split
+        reference["folder_options"] = asdict(data.folder)
     (folder / "info.json").write_text(json.dumps(reference, indent=2))
     return folder
 
@@ -755,6 +1052,7 @@ def load_saved_dataset(folder: str | Path) -> Dataset:
     folder = Path(folder)
     values = json.loads((folder / "info.json").read_text())
     limits = NpzLimits(**values.pop("read_limits")) if "read_limits" in values else NpzLimits.of()
+    folder_options = values.pop("folder_options", None)
     values["class_names"] = tuple(values["class_names"])
     info = DatasetInfo(**values)
     gone = f"{info.path}: the validated data file is gone (validated MD5 {info.md5})"
@@ -765,15 +1063,19 @@ def load_saved_dataset(folder: str | Path) -> Dataset:
                 f"{info.path}: the file changed after validation (MD5 {md5}, validated {info.md5}); run again"
             )
 
-    if is_s3_uri(info.path):  # fetched again, its MD5 checked before anything is decompressed
+    if info.source == "folder":
+        if not Path(info.path).is_dir():
+            raise DataError(f"{info.path}: the validated image folder is gone (validated MD5 {info.md5})")
+        loaded = _load_folder(Path(info.path), info.image_size, limits, FolderOptions(**folder_options), info.md5)
+    elif is_s3_uri(info.path):  # fetched again, its MD5 checked before anything is decompressed
         try:
             with fetched(info.path, limits) as path:
-                loaded = _load(path, None, limits, unchanged, source=info.path)
+                loaded = _load(path, None, limits, unchanged, source=info.path, size=info.image_size)
         except _NoSuchObject as e:
             raise DataError(f"{gone}: {e}") from e
     else:
         path = Path(info.path)
         if not path.is_file():
             raise DataError(gone)
-        loaded = _load(path, None, limits, unchanged)
+        loaded = _load(path, None, limits, unchanged, size=info.image_size)
     return replace(loaded, info=info)

@@ -23,6 +23,7 @@ from kr.progress import console
 from kr.run.request import RunRequest
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table")]
+
 RefArg = Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="recurring run name or id (`kr schedule list`)")]
 
 
@@ -72,7 +73,13 @@ pipelines_app = typer.Typer(
 @schedule_app.command("create")
 @shared(CLUSTER_OPTIONS, REQUEST_OPTIONS)
 def schedule_create(
-    cron: Annotated[str, typer.Option(help="KFP cron with seconds first, e.g. '0 0 3 * * 0' (Sundays 03:00)")],
+    cron: Annotated[
+        str,
+        typer.Option(
+            help="KFP cron, six fields with seconds first, in UTC: '0 0 3 * * 0' is Sundays 03:00; names (MON, JAN), "
+            "lists, ranges and steps as KFP takes them, or @hourly, @daily, @weekly, @monthly, @yearly"
+        ),
+    ],
     name: Annotated[str, typer.Option(help="recurring run name; must not be taken")] = "kr-retrain",
     **options: Any,
 ) -> None:
@@ -82,7 +89,7 @@ def schedule_create(
     from kr.pipelines.settings import ClusterSettings
 
     with cluster_errors():
-        check_cron(cron)
+        cron = check_cron(cron)  # a bad cron is named before the config is even read
     req = cluster_request(options)
     cluster = ClusterSettings(gpus=options["gpus"])
     with cluster_errors():
@@ -102,6 +109,7 @@ def _printed_plainly(rows: list[dict], as_json: bool, empty: str) -> bool:
 
 
 @schedule_app.command("list")
+@shared()
 def schedule_list(host: HostOpt, as_json: JsonOpt = False) -> None:
     """List the recurring runs: name, id, status (ENABLED or DISABLED), schedule, experiment, created."""
     from kr.pipelines.cluster import list_schedules, schedule_row
@@ -132,24 +140,28 @@ def _change(host: str, ref: str, action: str) -> None:
 
 
 @schedule_app.command("pause")
+@shared()
 def schedule_pause(ref: RefArg, host: HostOpt) -> None:
     """Pause a recurring run: no new runs start until it is resumed (a run in progress goes on)."""
     _change(host, ref, "pause")
 
 
 @schedule_app.command("resume")
+@shared()
 def schedule_resume(ref: RefArg, host: HostOpt) -> None:
     """Resume a paused recurring run (missed runs are not caught up)."""
     _change(host, ref, "resume")
 
 
 @schedule_app.command("delete")
+@shared()
 def schedule_delete(ref: RefArg, host: HostOpt) -> None:
     """Delete a recurring run (the runs it started, and their records, stay)."""
     _change(host, ref, "delete")
 
 
 @pipelines_app.command("upload")
+@shared()
 def pipelines_upload(
     host: HostOpt,
     image: ImageOpt,
@@ -178,6 +190,7 @@ def pipelines_upload(
 
 
 @pipelines_app.command("list")
+@shared()
 def pipelines_list(
     host: HostOpt,
     name: Annotated[str | None, typer.Option(help="only this pipeline")] = None,

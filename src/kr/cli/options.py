@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kr.config import PROFILES, parse_config_text, read_config_text
+from kr.config import PROFILES, ConfigError, DataConfig, parse_config_text, read_config_text
 from kr.progress import console
 from kr.run.request import DEFAULT_PROFILE, RunRequest, resolve_request
 
@@ -20,9 +23,14 @@ from kr.run.request import DEFAULT_PROFILE, RunRequest, resolve_request
 DatasetOpt = Annotated[
     str | None,
     typer.Option(
-        help="MedMNIST 2-D flag (e.g. breastmnist) or a path to an .npz in MedMNIST layout; default data.dataset "
-        "of the config, else breastmnist"
+        help="MedMNIST 2-D flag (e.g. breastmnist; `kr data list`), a path to an .npz in MedMNIST layout, an image "
+        "folder or an s3:// URI; default data.dataset of the config, else breastmnist"
     ),
+]
+Size = DataConfig.model_fields["size"].annotation  # Literal[28, 64, 128, 224]: typer offers exactly these
+SizeOpt = Annotated[
+    Size | None,
+    typer.Option(help="image side in pixels (MedMNIST+ files above 28); default data.size of the config, else 28"),
 ]
 ProfileOpt = Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")]
 DataRootOpt = Annotated[
@@ -66,9 +74,12 @@ HostOpt = Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. https:/
 ImageOpt = Annotated[str, typer.Option(help="component image the pipeline runs in (see scripts/build-images)")]
 ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment")]
 
-# Every command takes these two (kr.cli wires them); 0 = normal, 1+ = more (-vv), -1 = --quiet.
+# Every command takes these two (`shared` wires them); 0 = normal, 1+ = more (-vv), -1 = --quiet.
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more output; repeat for more (-vv)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the result (and errors)")]
+OUTPUT_OPTIONS: dict[str, tuple[Any, Any]] = {"verbose": (VerboseOpt, 0), "quiet": (QuietOpt, False)}
+_level = 0  # the running command's output level (`verbosity`), set by `set_verbosity`
+LOG_LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}  # -vv and more: DEBUG
 
 
 def verbosity(verbose: int, quiet: bool) -> int:
@@ -79,9 +90,31 @@ def verbosity(verbose: int, quiet: bool) -> int:
     return -1 if quiet else verbose
 
 
+def set_verbosity(level: int) -> None:
+    """Apply an output level to this process: logging at ERROR (-1, --quiet), WARNING (0), INFO (1, -v) or DEBUG
+    (2+, -vv); `note` prints only above -1."""
+    global _level
+    _level = level
+    threshold = LOG_LEVELS.get(level, logging.DEBUG if level > 0 else logging.ERROR)
+    logging.basicConfig(level=threshold)
+    logging.getLogger().setLevel(threshold)  # basicConfig does nothing once a handler exists (a second command)
+
+
+def output_level() -> int:
+    """The running command's output level: -1 quiet, 0 normal, 1+ verbose."""
+    return _level
+
+
+def note(message: str) -> None:
+    """Print a line that is not the command's result (what was checked, where things are); silent with --quiet."""
+    if _level >= 0:
+        console.print(message)
+
+
 # name: (annotation, default); inspect.Parameter.empty: required
 REQUEST_OPTIONS: dict[str, tuple[Any, Any]] = {
     "dataset": (DatasetOpt, None),
+    "size": (SizeOpt, None),
     "profile": (ProfileOpt, DEFAULT_PROFILE),
     "config": (ConfigOpt, None),
     "overrides": (SetOpt, None),
@@ -110,23 +143,35 @@ CLUSTER_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 
 def shared(*groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable], Callable]:
-    """Give a command the options of `groups` (after its own), received through its **kwargs."""
+    """Give a command the options of `groups` (after its own), received through its **kwargs, and -v/--verbose and
+    -q/--quiet (`OUTPUT_OPTIONS`), applied (`set_verbosity`) before the command runs and not passed to it. A command
+    that declares `verbose` or `quiet` itself gets neither and handles its output level itself."""
 
     def attach(fn: Callable) -> Callable:
         params = inspect.signature(fn, eval_str=True).parameters.values()
         own = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        applies_output = not {p.name for p in own} & set(OUTPUT_OPTIONS)
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-            for group in groups
+            for group in (*groups, OUTPUT_OPTIONS if applies_output else {})
             for name, (annotation, default) in group.items()
         ]
-        fn.__signature__ = inspect.Signature([*own, *extra])
-        return fn
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            if applies_output:
+                set_verbosity(verbosity(kwargs.pop("verbose"), kwargs.pop("quiet")))
+            return fn(*args, **kwargs)
+
+        command.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
+        return command
 
     return attach
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `message` as an error and return the Exit to raise: 2 for a bad request (nothing was done), 1 when the
+    work itself failed or what it needs is missing."""
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
 
@@ -159,19 +204,24 @@ def build_request(
     data_root: str | Path | None = None,
     gate_policy: Path | None = None,
     download: bool | None = None,
+    size: int | None = None,
     local_store: bool = True,
+    create_folders: bool = True,
 ) -> RunRequest:
     """The run request from the command line, resolved here so that a bad value fails before any work.
 
     One precedence for every key: built-in defaults < profile < `config` < `overrides` < the explicit flags
-    (`dataset`, `data_root`, `tracking_uri`, `model_name`, `audit_uri`, `download`; None: not given). The defaults
-    that come from the environment apply only to keys no source set: the tracking URI ($MLFLOW_TRACKING_URI), the
-    audit trail ($KR_AUDIT_URI) and, for a local run, the data root ($KR_DATA_ROOT, then ~/.medmnist). The request
-    carries the resolved dataset, data root, URIs and model name, so the pipeline resolves the same config again.
+    (`dataset`, `data_root`, `tracking_uri`, `model_name`, `audit_uri`, `download`, `size`; None: not given). The
+    defaults that come from the environment apply only to keys no source set: the tracking URI
+    ($MLFLOW_TRACKING_URI), the audit trail ($KR_AUDIT_URI) and, for a local run, the data root ($KR_DATA_ROOT, then
+    ~/.medmnist). The request carries the resolved dataset, data root, URIs and model name, so the pipeline resolves
+    the same config again.
 
     local_store: a run on this machine (embedded MLflow store and trail in $KR_HOME by default, data root made
-    absolute); else a cluster run (defaults from the environment only). Raises ConfigError (a bad config file,
-    override or value, named; never a credential), OSError (the embedded store's folder cannot be made).
+    absolute, a local dataset path must exist); else a cluster run (defaults from the environment only; paths are the
+    cluster's). create_folders: make the embedded store's folder (a command that runs); False for one that only
+    shows the request, which then leaves no trace. Raises ConfigError (a bad config file, override or value, an
+    unknown dataset (`check_dataset`), named; never a credential), OSError (the store's folder cannot be made).
     """
     from kr.data import resolve_data_root
     from kr.run.policy import POLICY_ENV
@@ -183,6 +233,8 @@ def build_request(
     extra = list(overrides or [])
     if download is not None:
         extra.append(f"data.download={json.dumps(download)}")  # a flag beats --set
+    if size is not None:
+        extra.append(f"data.size={size}")
     config_yaml = read_config_text(config) if config else ""
     parse_config_text(config_yaml, f"config file {config}")  # the file's own problems, named by its path
     # first every source but the defaults: flags beat the config, the config beats the defaults
@@ -199,12 +251,14 @@ def build_request(
         kfp_run_id="validation",
     )
     cfg = resolve_request(explicit)  # raises ConfigError with the key and the reason
+    check_dataset(cfg.data.dataset, local=local_store)  # before anything is made: nothing to clean up after a typo
     uri = cfg.tracking.uri or (default_tracking_uri() if local_store else os.environ.get("MLFLOW_TRACKING_URI", ""))
     if local_store and uri.startswith("sqlite:///"):
         # an embedded store keeps its artifacts beside its database (otherwise MLflow writes ./mlruns wherever
         # each task happens to run)
         db = Path(uri.removeprefix("sqlite:///")).resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        if create_folders:
+            db.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{db}"  # absolute: every task process must find the same file
         if cfg.tracking.artifact_location is None:
             extra.append(f"tracking.artifact_location={json.dumps((db.parent / 'mlartifacts').as_uri())}")
@@ -228,3 +282,37 @@ def build_request(
     )
     resolve_request(req)  # the defaults are checked too (e.g. $KR_AUDIT_URI)
     return req
+
+
+def check_dataset(dataset: str, local: bool = True) -> None:
+    """Refuse a dataset no run could read, before any work: it must be a 2-D MedMNIST flag (any case), an s3:// URI,
+    or a local path: an .npz file or an image folder, which must exist when `local` (a cluster's paths are its own).
+
+    Raises ConfigError naming the dataset, with the closest flag (difflib) and the valid flags on one line.
+    """
+    text = dataset.strip()
+    if flag_problem(text) is None or text.lower().startswith("s3://"):
+        return
+    path = Path(text).expanduser()
+    if path.is_dir() or (path.suffix == ".npz" and path.is_file()):
+        return
+    if path.exists():
+        raise ConfigError(f"dataset {text}: neither an .npz file nor a folder")
+    if text.endswith(".npz") or any(sep and sep in text for sep in ("/", os.sep, os.altsep)):
+        if not local:
+            return  # a path on the cluster's volume: only the cluster can tell
+        raise ConfigError(f"dataset {text}: no such file or folder ({path.absolute()})")
+    raise ConfigError(f"dataset {text!r} is not an .npz file, an image folder or an s3:// URI; {flag_problem(text)}")
+
+
+def flag_problem(name: str) -> str | None:
+    """None for a 2-D MedMNIST flag (any case); else why not, with the closest flag (difflib) and every flag on one
+    line."""
+    from kr.data import valid_flags
+
+    flags = valid_flags()
+    if name.strip().lower() in flags:
+        return None
+    close = difflib.get_close_matches(name.strip().lower(), flags, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{name!r} is not a MedMNIST 2-D flag; {hint}flags: {', '.join(flags)}"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from kr.cli.options import default_audit_uri, fail
+from kr.cli.options import default_audit_uri, fail, shared
 from kr.progress import console
 
 audit_app = typer.Typer(help="The audit trail: one hash-chained record per run.", no_args_is_help=True)
@@ -46,6 +46,7 @@ def _row(name: str, r: dict | None) -> list[str]:
 
 
 @audit_app.command("show")
+@shared()
 def audit_show(uri: UriOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the trail's records, oldest first; exit 1 naming records that are unreadable or miss fields."""
     from kr.governance.trail import REQUIRED_FIELDS, TrailError, open_trail
@@ -76,6 +77,7 @@ def audit_show(uri: UriOpt = None, as_json: Annotated[bool, typer.Option("--json
 
 
 @audit_app.command("verify")
+@shared()
 def audit_verify(
     uri: UriOpt = None,
     expect_head: Annotated[

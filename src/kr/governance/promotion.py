@@ -171,8 +171,8 @@ def conclude(
     """Register the student with every verdict, promote when allowed, and write the run's trail record, in the order
     (and with the crash behaviour) of the module docstring.
 
-    example: uint8 (2, C, 28, 28) input example for the model's signature; never real images (it is stored in the
-    registry, read by more people than the run's data).
+    example: uint8 (2, C, S, S) input example for the model's signature (S: the image side); never real images (it
+    is stored in the registry, read by more people than the run's data).
     Returns {"outcome": "promoted" | "rejected", "registry": version block or None, "gates": verdicts with the
     champion gate, "audit": trail reference or None}. Idempotent per run key (KFP retries steps): a run whose record
     exists completes that decision. Raises TrailError (trail unusable, lease not obtained in LEASE_WAIT_S, lease lost
@@ -190,7 +190,10 @@ def conclude(
         return {"outcome": "rejected", "registry": None, "gates": gates, "audit": append_record(cfg, run_dir, body)}
     md5 = results.data.info.get("md5") if results.data else None
     run_id = student.mlflow_run_id or tracking.parent_run_id(run_dir)
-    version = registry.register_student(cfg, run_id, Path(student_path), example, gates, student.test.accuracy, md5)
+    class_names = results.data.info.get("class_names") if results.data else None
+    version = registry.register_student(
+        cfg, run_id, Path(student_path), example, gates, student.test.accuracy, md5, class_names=class_names
+    )
     block = {
         "model_name": cfg.model_name,
         "version": str(version.version),

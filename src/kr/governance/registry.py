@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,23 +36,37 @@ class RegistryError(RuntimeError):
     """The registry cannot register or read a model version (e.g. a version that never becomes READY)."""
 
 
-def log_student(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray) -> tuple[str, str | None, str]:
-    """Log the student into `run_id` without pickle (`kr.governance.serving`): (model URI, model id, SHA-256 digest
-    of the logged files, `serving.artifact_digest`)."""
+def log_student(
+    cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray, class_names: Sequence[str] | None = None
+) -> tuple[str, str | None, str]:
+    """Log the student into `run_id` without pickle (`kr.governance.serving`), its predictions named by
+    `class_names` (default: the MedMNIST flag's, else "0".."K-1"): (model URI, model id, SHA-256 digest of the
+    logged files, `serving.artifact_digest`)."""
     from kr.governance.serving import log_student_model
 
-    return log_student_model(cfg.tracking.uri, run_id, Path(student_path), example)
+    names = class_names if class_names is not None else flag_class_names(cfg.data.dataset)
+    return log_student_model(cfg.tracking.uri, run_id, Path(student_path), example, names)
+
+
+def flag_class_names(dataset: str) -> list[str] | None:
+    """The class names of a MedMNIST flag in label order (medmnist's INFO), None for a file or folder."""
+    from kr.medmnist_catalog import info
+
+    labels = (info().get(dataset.strip().lower()) or {}).get("label")
+    return [labels[str(i)] for i in range(len(labels))] if labels else None
 
 
 def _registered_model(cfg: RunConfig):
-    from mlflow.exceptions import MlflowException
+    """The registered model `cfg.model_name`, or None when there is none this user can read.
 
-    try:
-        return client(cfg).get_registered_model(cfg.model_name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    Found by search, not `get_registered_model`: behind MLflow's basic auth with NO_PERMISSIONS as the default (the
+    cluster's setting, infra/base/mlflow/basic_auth.ini), getting a model that does not exist yet is refused (403,
+    the permission is looked up before the model), while a search lists what the user may read. A model that exists
+    but that this user may not read then fails loudly at registration (it already exists)."""
+    c = client(cfg)
+    if not c.search_registered_models(filter_string=f"name = '{checked_name(cfg.model_name)}'", max_results=1):
+        return None
+    return c.get_registered_model(cfg.model_name)
 
 
 def checked_name(name: str) -> str:
@@ -71,7 +86,14 @@ def find_version(cfg: RunConfig, run_key: str):
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
-def register(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarray, tags: dict[str, str]):
+def register(
+    cfg: RunConfig,
+    run_id: str,
+    student_path: Path,
+    example: np.ndarray,
+    tags: dict[str, str],
+    class_names: Sequence[str] | None = None,
+):
     """Register this run's student once, born `kr.decision=pending` with its files' digest (`kr.artifact_sha256`);
     a retried step finds the version it made before. Returns the MLflow ModelVersion. Raises RegistryError without
     a run key or for an unsafe model name, MlflowException when MLflow fails."""
@@ -81,7 +103,7 @@ def register(cfg: RunConfig, run_id: str, student_path: Path, example: np.ndarra
     existing = find_version(cfg, cfg.run.run_key)
     c = client(cfg)
     if existing is None:
-        uri, model_id, digest = log_student(cfg, run_id, student_path, example)
+        uri, model_id, digest = log_student(cfg, run_id, student_path, example, class_names)
         if _registered_model(cfg) is None:
             _create_model(cfg)
         born = {RUN_KEY_TAG: cfg.run.run_key, DECISION_TAG: "pending", ARTIFACT_TAG: digest}
@@ -109,6 +131,31 @@ def _wait_ready(cfg: RunConfig, version: str, timeout_s: float = 120) -> None:
         if time.monotonic() > deadline:
             raise RegistryError(f"model version {cfg.model_name}/{version} not READY after {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def why_not_promoted(tags: dict[str, str]) -> str:
+    """A version's decision and, from its gate tags (`registry.gate_tags`: gate.<gate>.verdict and
+    gate.<gate>.<check>.{value,threshold,verdict}), each gate that did not pass with its failed checks, e.g.
+    "rejected: accuracy fail (student_test_accuracy 0.61, needs >= 0.7), privacy inconclusive"."""
+    decision = tags.get(DECISION_TAG, "no decision")
+    gates = []
+    for key, state in sorted(tags.items()):
+        parts = key.split(".")  # gate.<gate>.verdict; gate.passed and the checks' tags have another shape
+        if len(parts) != 3 or parts[0] != "gate" or parts[2] != "verdict" or state == "pass":
+            continue
+        gate = parts[1]
+        failed = [
+            f"{check} {tags.get(f'gate.{gate}.{check}.value', '?')}, needs {tags.get(f'gate.{gate}.{check}.threshold')}"
+            for check in sorted({k.split(".")[2] for k in tags if k.startswith(f"gate.{gate}.") and k.count(".") == 3})
+            if tags.get(f"gate.{gate}.{check}.verdict") == "fail"
+        ]
+        gates.append(f"{gate} {state}" + (f" ({'; '.join(failed)})" if failed else ""))
+    if gates:
+        return f"{decision}: " + ", ".join(gates)
+    return {
+        "failed": "failed: the run failed before its gates decided (see its audit record)",
+        "pending": "pending: no decision recorded yet (a run in progress, or one that stopped)",
+    }.get(decision, f"{decision}: no failed gate recorded")
 
 
 def gate_tags(gates: dict) -> dict[str, str]:
@@ -254,12 +301,15 @@ def register_student(
     gates: dict,
     accuracy: float,
     dataset_md5: str | None,
+    class_names: Sequence[str] | None = None,
 ):
-    """`register` with the tags every version carries: test accuracy, config digest, test-set MD5, gate verdicts."""
+    """`register` with the tags every version carries: test accuracy, config digest, test-set MD5, gate verdicts.
+    class_names: the dataset's, in label order, which the served model's predictions carry (default: a MedMNIST
+    flag's own, else "0".."K-1")."""
     base_tags = {"kr.student_test_accuracy": f"{accuracy:.6f}", "kr.config_digest": cfg.digest()}
     if dataset_md5:  # the test set the accuracy was measured on: champions are compared only on the same one
         base_tags[DATASET_TAG] = dataset_md5
-    return register(cfg, run_id, student_path, example, base_tags | gate_tags(gates))
+    return register(cfg, run_id, student_path, example, base_tags | gate_tags(gates), class_names)
 
 
 def set_champion(cfg: RunConfig, version: str) -> None:
@@ -269,12 +319,71 @@ def set_champion(cfg: RunConfig, version: str) -> None:
 
 def tag_decision(cfg: RunConfig, version: str, outcome: str, entry: dict | None) -> None:
     """The version's decision, once the trail holds it, and its record: the record's id and hash (the record already
-    names the version), which double as a published trail head for `kr audit verify --expect-head`."""
+    names the version), which double as a published trail head for `kr audit verify --expect-head`, and its model
+    card (`model_card` of the record) as the version's description. The decision tag comes last: a version whose
+    decision shows has its record tags and card. Raises TrailError when the record cannot be read back."""
     c = client(cfg)
     if entry:
         c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_id", entry["record_id"])
         c.set_model_version_tag(cfg.model_name, version, "kr.audit_record_hash", entry["record_hash"])
+        describe(cfg, version, entry)
     c.set_model_version_tag(cfg.model_name, version, DECISION_TAG, outcome)
+
+
+def describe(cfg: RunConfig, version: str, entry: dict) -> None:
+    """Set the version's description to the model card of its trail record (`entry`: the record's reference, with
+    its trail's `uri`, else cfg.audit.uri). Raises TrailError when the record cannot be read."""
+    from kr.governance.trail import open_trail
+
+    record = open_trail(entry.get("uri") or cfg.audit.uri).get(entry["record_id"])
+    client(cfg).update_model_version(cfg.model_name, version, description=model_card(record))
+
+
+def model_card(record: dict) -> str:
+    """A model version's card (markdown) from its run's trail record: what it was trained and tested on (data name
+    and MD5), how well it does (teacher and student test accuracy, the CAS gap), every gate's verdict with the
+    reasons of those that did not pass, and the record that holds all of it (id and hash, for `kr audit verify`)."""
+    inputs, outputs = record.get("inputs") or {}, record.get("outputs") or {}
+    dataset, reg = inputs.get("dataset") or {}, outputs.get("registry") or {}
+    teacher, student = outputs.get("teacher_test_accuracy"), outputs.get("student_test_accuracy")
+    gap = f"{100 * (student - teacher):+.2f} pp" if _numbers(teacher, student) else "-"
+    lines = [
+        f"## {reg.get('model_name', '?')} version {reg.get('version', '?')}: {record.get('outcome', '?')}",
+        "",
+        "A student classifier trained by Knowledge Recycling on synthetic images only; gated on accuracy and privacy.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | {_cell(dataset.get('name'))} (MD5 `{_cell(dataset.get('md5'))}`) |",
+        f"| teacher test accuracy | {_accuracy(teacher)} |",
+        f"| student test accuracy | {_accuracy(student)} |",
+        f"| CAS gap (student minus teacher) | {gap} |",
+        f"| audit record | `{_cell(record.get('record_id'))}` (record hash `{_cell(record.get('record_hash'))}`) |",
+        f"| code | `{_cell(inputs.get('code_version'))}` |",
+        "",
+        "| gate | verdict | why not passed |",
+        "|---|---|---|",
+    ]
+    for gate, verdict in (record.get("gates") or {}).items():
+        if isinstance(verdict, dict):
+            state = verdict.get("state") or ("pass" if verdict.get("passed") else "fail")
+            lines.append(f"| {_cell(gate)} | {_cell(state)} | {_cell('; '.join(verdict.get('reasons') or []))} |")
+    if record.get("error"):
+        lines += ["", f"Error: {_cell(record['error'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def _numbers(*values: object) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _accuracy(value: object) -> str:
+    return f"{value:.4f}" if _numbers(value) else "-"
+
+
+def _cell(value: object) -> str:
+    """Text for a markdown table cell: one line, no column separators."""
+    return " ".join(str("-" if value is None else value).split()).replace("|", "\\|")
 
 
 def version_tags(cfg: RunConfig, version: str) -> dict[str, str]:

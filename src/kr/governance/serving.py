@@ -21,6 +21,7 @@ import hashlib
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,58 @@ class ServingError(RuntimeError):
     differ from the recorded digest, or a pickle-based format."""
 
 
+class NoSuchModel(ServingError):
+    """The registry has no model of that name."""
+
+
+class NoChampion(ServingError):
+    """The model exists but no version holds the alias (e.g. every run so far was rejected). `versions`: (version,
+    its tags) per version, newest first; `kr.governance.registry.why_not_promoted` says from the tags why each was
+    not promoted."""
+
+    def __init__(self, message: str, versions: list[tuple[str, dict[str, str]]]) -> None:
+        super().__init__(message)
+        self.versions = versions
+
+
+def _missing_alias(client, model_name: str, alias: str, tracking_uri: str, exc: Exception) -> ServingError:
+    """Why `model_name@alias` cannot be read: no such model, no version with the alias (with every version's
+    reason), or the registry's own error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException as missing:
+        if missing.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return NoSuchModel(f"no registered model {model_name!r} in {tracking_uri}")
+        raise
+    if alias in (model.aliases or {}):  # the alias exists: the registry failed otherwise
+        return ServingError(f"no model version {model_name}@{alias} in {tracking_uri}: {exc}")
+    # kr's names never hold a quote (registry.checked_name); another's would break the filter: list nothing then
+    found = client.search_model_versions(f"name = '{model_name}'") if "'" not in model_name else []
+    versions = sorted(found, key=lambda v: -int(v.version))
+    return NoChampion(
+        f"no {alias} for {model_name}: no version has been promoted ({len(versions)} registered)",
+        [(str(v.version), dict(v.tags or {})) for v in versions],
+    )
+
+
 def probabilities(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Class probabilities of raw images: float32 (N, C, 28, 28) pixel values in [0, 255] -> float32 (N, K), rows
     summing to 1: softmax(model(x / 127.5 - 1)). `model` is a `SmallResNet` on the CPU, in eval mode."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     with torch.no_grad():
         return torch.softmax(model(xt / 127.5 - 1.0), dim=1).numpy()
+
+
+def labelled(probs: np.ndarray, class_names: Sequence[str]) -> list[dict]:
+    """Probability rows (N, K) as the served model returns them: per row the most likely class's name and every
+    class's probability by name, {"class": str, "probabilities": {name: float}}."""
+    names = list(class_names)
+    return [
+        {"class": names[int(np.argmax(row))], "probabilities": dict(zip(names, map(float, row), strict=True))}
+        for row in probs
+    ]
 
 
 def pip_requirements() -> list[str]:
@@ -63,18 +110,25 @@ def pip_requirements() -> list[str]:
 
 
 def log_student_model(
-    tracking_uri: str, run_id: str, student_path: Path, example: np.ndarray
+    tracking_uri: str,
+    run_id: str,
+    student_path: Path,
+    example: np.ndarray,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[str, str | None, str]:
     """Log the student (a `save_classifier` file) into MLflow run `run_id` as a pyfunc from code, without pickle.
 
-    example: images (N, C, 28, 28) (any numeric dtype, taken as float32 pixel values 0..255) kept as the input example
-    and used with the student's output to infer the signature: float32 (-1, C, 28, 28) in, float32 (-1, K) out. Pass
-    a blank image, never a real one: the example is stored in the model. The run's status is left as it was (no run
-    is started or ended); MLflow's global tracking URI is set to `tracking_uri` (as any fluent MLflow call would).
+    example: images (N, C, H, W) (any numeric dtype, taken as float32 pixel values 0..255) kept as the input example
+    and used with the student's output to infer the signature: float32 (-1, C, H, W) in, one {"class",
+    "probabilities"} row per image out (`serving_model`), and the parameter `output` ("classes", or "probabilities"
+    for float32 (-1, K) rows). Pass a blank image, never a real one: the example is stored in the model.
+    class_names: the K classes in index order, kept in the model's config (MLmodel); default "0".."K-1". The run's
+    status is left as it was (no run is started or ended); MLflow's global tracking URI is set to `tracking_uri` (as
+    any fluent MLflow call would).
 
     Returns (model URI `models:/<model id>`, the logged model's id, `artifact_digest` of the model's files as
     downloaded back from the store). Raises MlflowException (unknown run, store errors), OSError / RuntimeError
-    from reading the student file.
+    from reading the student file, ValueError for class names that do not match its outputs.
     """
     from mlflow.models import Model, infer_signature
 
@@ -83,6 +137,9 @@ def log_student_model(
     student = load_classifier(Path(student_path)).cpu().eval()
     x = np.ascontiguousarray(example, dtype=np.float32)
     y = probabilities(student, x)
+    names = [str(n) for n in class_names] if class_names is not None else [str(k) for k in range(y.shape[1])]
+    if len(names) != y.shape[1]:
+        raise ValueError(f"{len(names)} class names for a student with {y.shape[1]} outputs: {names}")
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(run_id)
@@ -100,7 +157,8 @@ def log_student_model(
         model_id=logged.model_id,
         python_model=str(CODE_FILE),
         artifacts={WEIGHTS_ARTIFACT: str(student_path)},
-        signature=infer_signature(x, y),
+        signature=infer_signature(x, labelled(y, names), params={"output": "classes"}),
+        model_config={"class_names": names},
         input_example=x,
         pip_requirements=pip_requirements(),
     )
@@ -176,8 +234,9 @@ def fetch_verified(
 
     Returns (the verified model folder, alone in a fresh temporary folder, its parent, which the caller owns and
     should delete; the record as a dict). Nothing in the folder is loaded or run here. Raises ServingError for any
-    failed check (naming the version, what was expected and what was found), for a missing alias or model, an
-    unreadable trail, or no `trail_uri`; the temporary folder is removed then. Other MlflowException and OSError (a
+    failed check (naming the version, what was expected and what was found), an unreadable trail, or no
+    `trail_uri`; its subclasses NoSuchModel (no model of that name) and NoChampion (no version has the alias, with
+    each version's reason); the temporary folder is removed then. Other MlflowException and OSError (a
     store that cannot be reached) propagate.
     """
     from mlflow.exceptions import MlflowException
@@ -192,7 +251,7 @@ def fetch_verified(
     try:
         version = client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        raise ServingError(f"no model version {model_name}@{alias} in {tracking_uri}: {exc.message}") from None
+        raise _missing_alias(client, model_name, alias, tracking_uri, exc.message) from None
     label = f"{model_name} version {version.version} (@{alias})"
     tags = version.tags or {}
     record_id = tags.get(AUDIT_RECORD_TAG)

@@ -12,6 +12,7 @@ does); on a cluster they run without it and their by-products stay in their arti
 """
 
 from kr.config import ConfigError, RunConfig
+from kr.progress import EVENTS_ENV, parse_event
 from kr.results import (
     Conclusion,
     DataResult,
@@ -38,6 +39,7 @@ from kr.run.request import (
 )
 from kr.run.step_table import STEP, STEPS, StepSpec
 from kr.run.tracking import code_version
+from kr.run.view import LOGS_DIR, PIPELINE_LOG, State, StepListener, log_path
 from kr.steps.deciding import RESULT_TYPES, audit_privacy, conclude, conclude_task, evaluate_gates, load_results
 from kr.steps.reporting import finalize_run, summarize
 from kr.steps.running import (
@@ -66,6 +68,13 @@ from kr.steps.training import (
 )
 
 __all__ = [
+    "parse_event",
+    "log_path",
+    "StepListener",
+    "State",
+    "PIPELINE_LOG",
+    "LOGS_DIR",
+    "EVENTS_ENV",
     "CLUSTER_RUNS_ROOT",
     "Conclusion",
     "ConfigError",

@@ -107,8 +107,9 @@ def conclude(
     def step() -> Conclusion:
         # the model's signature needs the input's shape and dtype, not a patient's image: the input example goes to
         # the registry's store, which more people read than the run's data
-        channels = int(results.data.info["channels"]) if results.data else load_saved_dataset(data_dir).info.channels
-        example = np.zeros((2, channels, 28, 28), dtype=np.uint8)
+        info = results.data.info if results.data else load_saved_dataset(data_dir).info.to_dict()
+        side = int(info["image_size"])
+        example = np.zeros((2, int(info["channels"]), side, side), dtype=np.uint8)
         found = promotion.conclude(
             cfg, Path(run_folder), Path(student_dir) / STUDENT_FILE, example, results, started, promote=promote
         )

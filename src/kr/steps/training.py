@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from kr.config import ConfigError, RunConfig
-from kr.data import NpzLimits, load_dataset, load_saved_dataset, save_dataset
+from kr.data import FolderOptions, NpzLimits, load_dataset, load_saved_dataset, save_dataset
 from kr.results import (
     DataResult,
     GeneratorResult,
@@ -72,7 +72,14 @@ def validate_data(config: str, data_dir: Path, docs_dir: Path) -> DataResult:
         from kr.method.metrics import majority_rate
         from kr.validation import validate_real
 
-        data = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.download, limits=NpzLimits.of(cfg.data))
+        data = load_dataset(
+            cfg.data.dataset,
+            cfg.data.data_root,
+            cfg.data.download,
+            size=cfg.data.size,
+            limits=NpzLimits.of(cfg.data),
+            folder=FolderOptions.of(cfg.data),
+        )
         report = validate_real(data, cfg.validation, Path(docs_dir))
         save_dataset(data, data_dir)
         return DataResult(info=data.info.to_dict(), majority_rate_test=majority_rate(data.y_test), expectations=report)
@@ -227,6 +234,7 @@ def regenerate(
                 cfg.validation,
                 docs,
                 channels=data.info.channels,
+                image_size=data.info.image_size,
                 # the envelope selection fitted on the same real training split: no second fit per shard
                 envelope=Envelope.from_dict(selection.envelope),
             )

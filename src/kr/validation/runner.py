@@ -176,6 +176,7 @@ def _split_stats(images: pd.DataFrame) -> dict:
             "pixel_max": float(group["max"].max()) if len(group) else None,
             "shared_with_train": int(group["shared_with_train"].sum()),
             "duplicates_within_split": int(group["hash"].duplicated().sum()),
+            "label_conflicts": int(group["label_conflict"].sum()),
         }
     val_hashes = set(images.loc[images["split"] == "val", "hash"])
     stats["val_test_shared"] = int(images.loc[images["split"] == "test", "hash"].isin(val_hashes).sum())
@@ -185,15 +186,17 @@ def _split_stats(images: pd.DataFrame) -> dict:
 def validate_real(data: Dataset, cfg: ValidationConfig, docs_dir: Path, *, raise_on_failure: bool = True) -> dict:
     """Validate the real splits; write Data Docs and validation.json to docs_dir; raise ValidationFailed on failure.
 
-    Runs the `real_suites` over `image_table(data)` and `class_count_table(data)`. `docs_dir` (created if missing)
-    receives validation.json (`REPORT_FILE`) and the Data Docs site (index.html). Returns the JSON-ready report:
+    Runs the `real_suites` over `image_table(data)`, `class_count_table(data)` and `split_table` (pixel range per
+    split). `docs_dir` (created if missing) receives validation.json (`REPORT_FILE`) and the Data Docs site
+    (index.html). Returns the JSON-ready report:
     `passed` (bool), `suite` ("real.<dataset name>"), `suites` (one name per table), `rows` (table name -> row
     count), `expectations` (one dict per expectation: table, expectation, column, kwargs, description, success,
     and where GE gives them observed, unexpected_count, unexpected (the first 10 unexpected rows as dicts), error),
     `failures` and `warnings` (sentences; an expectation GE could not run is a failure, one that passed within a
     configured tolerance gives warnings), `docs` (absolute path of index.html), and `splits` (per split present:
-    images, pixel_min, pixel_max, shared_with_train, duplicates_within_split; plus val_test_shared, the number of
-    test images byte-identical to a val image).
+    images, pixel_min, pixel_max, shared_with_train, duplicates_within_split (images whose bytes repeat an earlier
+    image of the split, whatever the labels), label_conflicts (images flagged `label_conflict`); plus
+    val_test_shared, the number of test images byte-identical to a val image).
 
     A split whose images are not (N, C, H, W) or whose labels are not one per image is refused before any suite
     runs: the report then holds only those failures, `docs` is None, no Data Docs are built and there is no
@@ -235,16 +238,18 @@ def validate_shard(
     docs_dir: Path,
     *,
     channels: int | None = None,
+    image_size: int | None = None,
     envelope: Envelope | None = None,
     raise_on_failure: bool = True,
 ) -> dict:
     """Validate one regeneration shard (.npz: images, gen_labels, teacher_logits); same outputs as validate_real.
 
     channels: the real data's channel count when known; otherwise 1 or 3 are accepted.
+    image_size: the real data's image side (`DatasetInfo.image_size`) when known; otherwise any of `kr.data.SIZES`.
     envelope: the real images' envelope (`kr.method.fidelity.fit_envelope`); with it, a shard whose share of broken
     samples exceeds `cfg.max_broken_fraction` fails.
 
-    The shard should hold images uint8 (N, C, 28, 28) on the 0-255 scale, gen_labels integer (N,) in
+    The shard should hold images uint8 (N, C, S, S) on the 0-255 scale, gen_labels integer (N,) in
     [0, n_classes) and teacher_logits float (N, n_classes); the `shard_suites` check all of it. The report has the
     keys of `validate_real`'s but `splits`, with `suite` "shard.<file stem>", plus `path` (str) and `class_counts`
     (list of n_classes ints). A file `kr.data.read_npz` refuses under `SHARD_LIMITS` (unreadable, a member other
@@ -260,7 +265,7 @@ def validate_shard(
     if problems:
         return _finish(_refused(subject, problems), docs_dir, f"shard {path}", raise_on_failure)
     tables = shard_tables(arrays["images"], arrays["gen_labels"], arrays["teacher_logits"], n_classes, envelope)
-    report = _run(subject, shard_suites(*tables, n_classes, channels, cfg), docs_dir)
+    report = _run(subject, shard_suites(*tables, n_classes, channels, cfg, image_size), docs_dir)
     report["path"] = str(path)
     report["class_counts"] = tables[1]["count"].tolist()
     return _finish(report, docs_dir, f"shard {path}", raise_on_failure)

@@ -15,9 +15,16 @@ from typing import Any
 import pandas as pd
 
 from kr.config import ValidationConfig
-from kr.data import IMAGE_SIZE, SPLITS, Dataset
+from kr.data import SIZES, SPLITS, Dataset
+from kr.validation.tables import split_table
 
 SHOW = 10  # indices listed per problem: enough to find the rows, short enough to read
+# The fewest grey levels a split's pixels may span (its max - min over every image). 8-bit images use most of 0-255:
+# every official MedMNIST split spans 0-255, 1-255 or 0-254. A split within 0-15 uses under 4 of the 8 bits: values
+# never scaled to 0-255 before the cast to uint8 (a [0, 1] float cast as is gives 0-1, 12-bit values shifted by 8 give
+# 0-15). A constant rather than a ValidationConfig field: no real 8-bit dataset needs another value.
+MIN_SPLIT_RANGE = 16
+GROUP_MEMBERS = 4  # images shown per group of byte-identical images
 
 
 @dataclass
@@ -43,8 +50,8 @@ class Table:
     checks: list[Check]
 
 
-def _listing(items: list, show: int = SHOW) -> str:
-    head = ", ".join(str(i) for i in items[:show])
+def _listing(items: list, show: int = SHOW, sep: str = ", ") -> str:
+    head = sep.join(str(i) for i in items[:show])
     return head + (f" and {len(items) - show} more" if len(items) > show else "")
 
 
@@ -146,23 +153,26 @@ def _pixel_checks(gxe: Any, what: str) -> list[Check]:
     return checks
 
 
-def _shape_checks(gxe: Any, channels: list[int], size: int) -> list[Check]:
+def _shape_checks(gxe: Any, channels: list[int], sizes: list[int]) -> list[Check]:
     checks = []
-    for column, allowed in (("height", [size]), ("width", [size]), ("channels", channels)):
+    for column, allowed in (("height", sizes), ("width", sizes), ("channels", channels)):
         checks.append(_in_set_check(gxe, column, allowed, f"every image has {column} in {allowed}"))
     return checks
 
 
 def real_suites(data: Dataset, images: pd.DataFrame, counts: pd.DataFrame, cfg: ValidationConfig) -> list[Table]:
     """The suites over the real splits: [Table "images" keyed by (split, index), Table "class_counts" keyed by
-    (split, label, class_name)].
+    (split, label, class_name), Table "splits" keyed by split (`split_table(images)`)].
 
     Takes the dataset, its `image_table` and its `class_count_table`. The image suite expects: one row per image in
     `data.info` (n_train + n_val + n_test); height and width equal to `info.image_size` and channels to
     `info.channels`; dtype uint8, no NaN, per-image min and max in [0, 255]; no blank image (max > min); labels in
     [0, K); at most floor(`cfg.max_shared_fraction` * (n_val + n_test)) val/test images byte-identical to a
-    training image (those within the allowance are reported as warnings). The count suite expects every class to
+    training image (those within the allowance are reported as warnings); no `label_conflict` (the same bytes under
+    two labels within a split or across val and test; no tolerance); images repeating an earlier one of their split
+    under the same label (`duplicate`) are reported as warnings, never failed. The count suite expects every class to
     hold at least `cfg.min_images_per_class` images in train and `cfg.min_eval_images_per_class` in val and in test.
+    The split suite expects every split's pixels to span at least `MIN_SPLIT_RANGE` grey levels (max - min).
     Builds the expectations only (nothing runs). Raises ImportError when great_expectations is not installed.
     """
     import great_expectations.expectations as gxe
@@ -211,6 +221,49 @@ def real_suites(data: Dataset, images: pd.DataFrame, counts: pd.DataFrame, cfg: 
             )
         return messages
 
+    def conflict_msg(res: dict) -> list[str]:
+        rows = res.get("unexpected_index_list", [])
+        # the flagged rows, grouped by their bytes: each group is one image under two or more labels
+        groups: dict[str, list[str]] = {}
+        for row in rows:
+            split, i = str(row["split"]), int(row["index"])
+            groups.setdefault(by_row.at[(split, i), "hash"], []).append(
+                f"{split} {i} (label {by_row.at[(split, i), 'label']})"
+            )
+        shown = [_listing(g, GROUP_MEMBERS, " = ") for g in groups.values()]
+        return [
+            f"labels: {_images(len(groups), 'is', 'are')} stored twice or more under different labels: "
+            f"{_listing(shown, 3, '; ')} (one image cannot be both: fix the labels or drop the copies)"
+        ]
+
+    def duplicate_msg(res: dict) -> list[str]:
+        key = ["split", "hash", "label"]  # with the label: a group may also hold copies under another label
+        first_of = images.drop_duplicates(key).set_index(key)["index"]
+        messages = []
+        for split, indices in _by_split(res.get("unexpected_index_list", [])).items():
+            pairs = [f"{i} = {first_of.at[(split, *by_row.loc[(split, i), ['hash', 'label']])]}" for i in indices]
+            messages.append(
+                f"{split}: {_images(len(indices), 'repeats', 'repeat')} an earlier image of the split under the "
+                f"same label: {_listing(pairs)} (reported, not failed)"
+            )
+        return messages
+
+    def range_msg(res: dict) -> list[str]:
+        messages = []
+        by_split = splits.set_index("split")
+        for row in res.get("unexpected_index_list", []):
+            r = by_split.loc[row["split"]]
+            seen = f"{row['split']}: pixel values span only {r['pixel_min']:g} to {r['pixel_max']:g}"
+            seen += f" over {_images(int(r['images']))}"
+            if r["pixel_max"] <= 1:
+                messages.append(f"{seen}: images scaled to [0, 1] then cast to uint8? multiply by 255 before casting")
+            else:
+                messages.append(
+                    f"{seen} (fewer than {MIN_SPLIT_RANGE} grey levels): not scaled to 0-255 before the cast to uint8? "
+                    "rescale to the full range"
+                )
+        return messages
+
     minimum = {"train": cfg.min_images_per_class, "val": cfg.min_eval_images_per_class}
     minimum["test"] = minimum["val"]
 
@@ -229,7 +282,7 @@ def real_suites(data: Dataset, images: pd.DataFrame, counts: pd.DataFrame, cfg: 
             gxe.ExpectTableRowCountToEqual(value=expected_rows, description="one row per image in the dataset info"),
             rows_msg,
         ),
-        *_shape_checks(gxe, [info.channels], info.image_size),
+        *_shape_checks(gxe, [info.channels], [info.image_size]),
         *_pixel_checks(gxe, "images"),
         Check(
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(
@@ -247,6 +300,34 @@ def real_suites(data: Dataset, images: pd.DataFrame, counts: pd.DataFrame, cfg: 
             ),
             shared_msg,
         ),
+        Check(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="label_conflict",
+                value_set=[False],
+                description="no image appears twice under different labels (within a split, or across val and test)",
+            ),
+            conflict_msg,
+        ),
+        Check(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="duplicate",
+                value_set=[False],
+                mostly=0.0,  # never fails: a repeated image under its own label is reported for reading
+                description="images repeating an earlier one of their split under the same label (reported only)",
+            ),
+            duplicate_msg,
+        ),
+    ]
+    splits = split_table(images)
+    split_checks = [
+        Check(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="pixel_range",
+                min_value=MIN_SPLIT_RANGE,
+                description=f"each split's pixels span at least {MIN_SPLIT_RANGE} grey levels (not scaled to [0, 1])",
+            ),
+            range_msg,
+        )
     ]
     # one expectation per split, through GE's row conditions, so the Data Docs show each split's threshold
     count_checks = [
@@ -264,6 +345,7 @@ def real_suites(data: Dataset, images: pd.DataFrame, counts: pd.DataFrame, cfg: 
     return [
         Table("images", images, ["split", "index"], image_checks),
         Table("class_counts", counts, ["split", "label", "class_name"], count_checks),
+        Table("splits", splits, ["split"], split_checks),
     ]
 
 
@@ -275,17 +357,23 @@ def _balance_bounds(n: int, n_classes: int, tolerance: float) -> tuple[int, int]
 
 
 def shard_suites(
-    table: pd.DataFrame, counts: pd.DataFrame, n_classes: int, channels: int | None, cfg: ValidationConfig
+    table: pd.DataFrame,
+    counts: pd.DataFrame,
+    n_classes: int,
+    channels: int | None,
+    cfg: ValidationConfig,
+    image_size: int | None = None,
 ) -> list[Table]:
     """The suites over one shard: [Table "images" keyed by index, Table "class_counts" keyed by label].
 
-    Takes the two tables of `shard_tables`, the class count K = `n_classes`, and `channels`, the real data's
-    channel count (None or 0 accepts 1 or 3). The image suite expects: height and width 28 (`kr.data.IMAGE_SIZE`)
-    and the channels above; dtype uint8, no NaN, per-image min and max in [0, 255]; gen_label in [0, K); K teacher
-    logits per image, all finite; at most a `cfg.max_broken_fraction` share of broken images (those within it are
-    reported as warnings). The count suite expects each class count within floor(N/K - t * N/K) (at least 0) and
-    ceil(N/K + t * N/K) for N images and t = `cfg.max_class_imbalance`. Builds the expectations only (nothing
-    runs). Raises ZeroDivisionError when `n_classes` is 0, ImportError when great_expectations is not installed.
+    Takes the two tables of `shard_tables`, the class count K = `n_classes`, `channels`, the real data's channel
+    count (None or 0 accepts 1 or 3), and `image_size`, the real data's side (None accepts any of `kr.data.SIZES`).
+    The image suite expects: height and width that side and the channels above; dtype uint8, no NaN, per-image min
+    and max in [0, 255]; gen_label in [0, K); K teacher logits per image, all finite; at most a
+    `cfg.max_broken_fraction` share of broken images (those within it are reported as warnings). The count suite
+    expects each class count within floor(N/K - t * N/K) (at least 0) and ceil(N/K + t * N/K) for N images and
+    t = `cfg.max_class_imbalance`. Builds the expectations only (nothing runs). Raises ZeroDivisionError when
+    `n_classes` is 0, ImportError when great_expectations is not installed.
     """
     import great_expectations.expectations as gxe
 
@@ -315,7 +403,7 @@ def shard_suites(
         ]
 
     image_checks = [
-        *_shape_checks(gxe, [channels] if channels else [1, 3], IMAGE_SIZE),
+        *_shape_checks(gxe, [channels] if channels else [1, 3], [image_size] if image_size else list(SIZES)),
         *_pixel_checks(gxe, "images"),
         _in_set_check(gxe, "gen_label", list(range(n_classes)), f"every label is one of {n_classes} classes"),
         Check(

@@ -62,7 +62,9 @@ def image_table(data: Dataset) -> pd.DataFrame:
     `channels` (int, from the split's (N, C, H, W) shape); `dtype` (str, e.g. "uint8"); `min`, `max`, `mean`
     (float64 per-image pixel statistics on the stored scale, 0-255 for uint8; NaN when the image holds a NaN);
     `hash` (str, 32 hex digits of a 128-bit BLAKE2b digest of the image's raw bytes); `shared_with_train` (bool,
-    always False in train).
+    always False in train); `duplicate` (bool: byte-identical to an earlier image of its split under the same
+    label); `label_conflict` (bool: byte-identical to another image of its split, or of the other held-out split
+    (val/test), under a different label; a val/test image's conflict with train is `shared_with_train`'s).
 
     Raises ValueError (the `layout_problems` sentences joined by "; ") at the first split whose images are not
     (N, C, H, W) or whose labels are not one per image.
@@ -94,7 +96,39 @@ def image_table(data: Dataset) -> pd.DataFrame:
                 }
             )
         )
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    return _mark_duplicates(table)
+
+
+def _mark_duplicates(table: pd.DataFrame) -> pd.DataFrame:
+    """Add `duplicate` and `label_conflict` (see `image_table`) from the hashes: group-bys, O(N), never pairwise."""
+    table["duplicate"] = table.duplicated(["split", "hash", "label"])  # the first copy is not a duplicate
+    within = table.groupby(["split", "hash"])["label"].transform("nunique") > 1
+    # val and test together: both score models, so one image under two labels there is one truth contradicting
+    # another. Train against val/test is the shared_with_train check's, with its tolerance (MedMNIST's own
+    # BreastMNIST holds such a pair), so it is not counted twice.
+    held_out = table["split"].isin(["val", "test"])
+    across = pd.Series(False, index=table.index)
+    across[held_out] = table[held_out].groupby("hash")["label"].transform("nunique") > 1
+    table["label_conflict"] = within | across
+    return table
+
+
+def split_table(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per split that holds images, from an `image_table`: its pixel range over all its images.
+
+    Columns: `split` (str, in SPLITS order), `images` (int), `pixel_min`, `pixel_max` (float64: the lowest per-image
+    min and the highest per-image max, NaN ignored), `pixel_range` (float64, pixel_max - pixel_min). Raises nothing.
+    """
+    rows = []
+    for split in SPLITS:
+        group = images[images["split"] == split]
+        if len(group):
+            lo, hi = float(group["min"].min()), float(group["max"].max())
+            rows.append(
+                {"split": split, "images": len(group), "pixel_min": lo, "pixel_max": hi, "pixel_range": hi - lo}
+            )
+    return pd.DataFrame(rows, columns=["split", "images", "pixel_min", "pixel_max", "pixel_range"])
 
 
 def class_count_table(data: Dataset) -> pd.DataFrame:
