@@ -744,3 +744,13 @@ def test_saved_reference_rereads_under_the_validated_limits(tmp_path):
     (folder / "info.json").write_text(json.dumps(reference))
     with pytest.raises(DataError, match="data.max_array_mb"):
         load_saved_dataset(folder)
+
+
+@needs_real
+def test_a_copy_of_an_official_file_is_that_dataset(tmp_path: Path) -> None:
+    """Found by its MD5 under any name: a served model then names BreastMNIST's classes, not 0 and 1."""
+    copy = tmp_path / "scans.npz"
+    shutil.copyfile(REAL_ROOT / "breastmnist.npz", copy)
+    data = load_dataset(str(copy))
+    assert (data.info.name, data.info.source) == ("breastmnist", "medmnist")
+    assert data.info.class_names == ("malignant", "normal, benign") and data.info.path == str(copy)

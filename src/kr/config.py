@@ -138,8 +138,9 @@ class DataConfig(Strict):
 
     dataset: str = Field(
         "breastmnist",
-        description="a 2-D MedMNIST flag (28x28 images, e.g. breastmnist), or a path or s3://bucket/key URI of a .npz "
-        "in MedMNIST's layout (S3 credentials from the environment only)",
+        description="a 2-D MedMNIST flag (e.g. breastmnist; its file at data.size pixels), a path or s3://bucket/key "
+        "URI of a .npz in MedMNIST's layout (S3 credentials from the environment only), or a local image folder "
+        "(PNG/JPEG, one folder per class: kr.image_folder)",
     )
     data_root: str | None = Field(
         None,
@@ -215,7 +216,7 @@ class DataConfig(Strict):
 
 
 class ClassifierConfig(Strict):
-    """A compact ResNet-style CNN for 28x28 inputs, and how to train it."""
+    """A compact ResNet-style CNN (its stem sized per image side: `classifier.stem_downsamples`), and its training."""
 
     width: int = Field(32, ge=4, description="channels of the first stage; stages use 1x, 2x, 4x")
     blocks_per_stage: int = Field(2, ge=1, description="residual blocks in each of the three stages")

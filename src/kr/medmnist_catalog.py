@@ -78,6 +78,12 @@ def md5(flag: str, size: int) -> str:
     return info()[flag][f"MD5{_suffix(size)}"]
 
 
+def flag_of(md5_hex: str, size: int) -> str | None:
+    """The 2-D flag whose official file at `size` pixels has this MD5 (a copy of it under another name or in object
+    storage is that dataset), or None."""
+    return next((f for f in flags_2d() if info()[f].get(f"MD5{_suffix(size)}") == md5_hex), None)
+
+
 def url(flag: str, size: int) -> str:
     """Where a flag's file at an image size is published (INFO's 'url' or 'url_<size>', a Zenodo record)."""
     return info()[flag][f"url{_suffix(size)}"]
