@@ -49,3 +49,15 @@ def test_a_size_the_levels_cannot_halve_is_refused() -> None:
     cfg = GeneratorConfig(block_out_channels=[16, 32, 32], attention_levels=[False, False, True], norm_num_groups=8)
     with pytest.raises(ValueError, match="cannot pass 3 halvings"):
         unet_levels(cfg, 60)
+
+
+@pytest.mark.parametrize("size", [28, 64, 128])
+def test_augmentation_shifts_every_size_by_the_same_fraction(size: int) -> None:
+    from kr.method.classifier import augment
+
+    x = torch.arange(size, dtype=torch.float32).expand(8, 1, size, size).contiguous()  # columns numbered 0..S-1
+    out = augment(x, torch.Generator().manual_seed(0), hflip=False)
+    assert out.shape == x.shape
+    # a shift by d moves column j to j - d (reflected at the border): the largest shift scales with the side
+    shifts = (out[:, 0, 0, size // 2] - size // 2).abs()
+    assert shifts.max() <= max(2, round(2 * size / 28))
