@@ -194,8 +194,13 @@ def test_registered_student_predicts_from_raw_pixels(embedded) -> None:
     mlflow.set_tracking_uri(embedded["uri"])
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     x = load_dataset("breastmnist", REAL_ROOT).x_test[:5].astype(np.float32)
-    probs = np.asarray(model.predict(x))
+    probs = np.asarray(model.predict(x, params={"output": "probabilities"}))
     assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    # by default each image's answer names its class and every class's probability, by name
+    names = ["malignant", "normal, benign"]
+    rows = model.predict(x)
+    assert [r["class"] for r in rows] == [names[k] for k in probs.argmax(1)]
+    assert all(list(r["probabilities"]) == names for r in rows)
     assert model.metadata.get_input_schema() is not None  # logged with a signature
 
 

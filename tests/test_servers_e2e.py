@@ -89,16 +89,24 @@ def test_served_champion_answers_a_real_test_image(stack) -> None:
     try:
         server.wait_until(lambda: _answers(f"http://{HOST}:{port}/ping"), 120)
         x = load_dataset("breastmnist", REAL_ROOT).x_test[:3].astype(np.float32)
-        request = urllib.request.Request(
-            f"http://{HOST}:{port}/invocations",
-            data=json.dumps({"inputs": x.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            probs = np.asarray(json.loads(response.read())["predictions"])
+
+        def ask(body: dict) -> list:
+            request = urllib.request.Request(
+                f"http://{HOST}:{port}/invocations",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())["predictions"]
+
+        rows = ask({"inputs": x.tolist()})
+        probs = np.asarray(ask({"inputs": x.tolist(), "params": {"output": "probabilities"}}))
     finally:
         server.stop()
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    names = ["malignant", "normal, benign"]  # BreastMNIST's, from medmnist's catalogue
+    assert [r["class"] for r in rows] == [names[k] for k in probs.argmax(1)]
+    assert [[r["probabilities"][n] for n in names] for r in rows] == pytest.approx(probs.tolist(), abs=1e-6)
     # the served model is the registered one: same answer as loading it in a fresh process
     local = subprocess.run(
         [
@@ -107,7 +115,7 @@ def test_served_champion_answers_a_real_test_image(stack) -> None:
             "import mlflow.pyfunc, numpy as np, json, sys; "
             f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion'); "
             "x = np.asarray(json.load(sys.stdin), dtype=np.float32); "
-            "print(json.dumps(np.asarray(m.predict(x)).tolist()))",
+            "print(json.dumps(np.asarray(m.predict(x, params={'output': 'probabilities'})).tolist()))",
         ],
         input=json.dumps(x.tolist()),
         capture_output=True,
