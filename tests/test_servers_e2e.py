@@ -106,7 +106,7 @@ def test_served_champion_answers_a_real_test_image(stack) -> None:
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     names = ["malignant", "normal, benign"]  # BreastMNIST's, from medmnist's catalogue
     assert [r["class"] for r in rows] == [names[k] for k in probs.argmax(1)]
-    assert [[r["probabilities"][n] for n in names] for r in rows] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert np.allclose([[r["probabilities"][n] for n in names] for r in rows], probs, atol=1e-6)
     # the served model is the registered one: same answer as loading it in a fresh process
     local = subprocess.run(
         [
