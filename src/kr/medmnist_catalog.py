@@ -73,6 +73,11 @@ def _suffix(size: int) -> str:
     return "" if size == 28 else f"_{size}"
 
 
+def sizes(flag: str) -> list[int]:
+    """The image sides a flag comes in: 28, and each MedMNIST+ size its INFO entry has a file (url_<size>) for."""
+    return [28, *sorted(int(key.removeprefix("url_")) for key in info()[flag] if key.startswith("url_"))]
+
+
 def md5(flag: str, size: int) -> str:
     """The official MD5 hex digest of a flag's file at an image size (INFO's 'MD5' or 'MD5_<size>')."""
     return info()[flag][f"MD5{_suffix(size)}"]

@@ -19,11 +19,6 @@ from kr.progress import console
 data_app = typer.Typer(no_args_is_help=True, help="The MedMNIST 2-D datasets: list them, download one.")
 
 
-def sizes_of(info: dict) -> list[int]:
-    """The image sides a MedMNIST flag comes in: 28, and each MedMNIST+ size its INFO entry has a file for."""
-    return [28, *sorted(int(key.removeprefix("url_")) for key in info if key.startswith("url_"))]
-
-
 @data_app.command("download")
 @shared()
 def data_download(
@@ -54,7 +49,7 @@ def data_download(
 def data_list(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False) -> None:
     """List the MedMNIST 2-D flags kr reads: task, classes, channels, images and the sizes each comes in."""
     from kr.data import valid_flags
-    from kr.medmnist_catalog import info
+    from kr.medmnist_catalog import info, sizes
 
     catalog = info()
     rows = [
@@ -64,7 +59,7 @@ def data_list(as_json: Annotated[bool, typer.Option("--json", help="JSON instead
             "classes": list(catalog[flag]["label"].values()),
             "channels": catalog[flag]["n_channels"],
             "images": sum(catalog[flag]["n_samples"].values()),
-            "sizes": sizes_of(catalog[flag]),
+            "sizes": sizes(flag),
         }
         for flag in valid_flags()
     ]
