@@ -9,8 +9,8 @@
 - the champion is served from a container of the CPU image (`kr serve`: verified against the trail, then MLflow's
   scoring server) and answers real test images.
 
-Both images are built air-gapped from this checkout (tests/test_images.py's fixtures). Everything started here is
-stopped at the end.
+Both images are built air-gapped from this checkout (tests/docker_engine.py's session fixtures). Everything started
+here is stopped at the end.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datagen import REAL_ROOT, kr, needs_real
+from docker_engine import DOCKER, ROOT, docker
 from servers import HOST, clean_env, free_port, moto_server, postgres_server
-from test_images import DOCKER, ROOT, base, cpu_image, docker, engine, mlflow_image  # noqa: F401  module fixtures
 from test_run_e2e import LENIENT, MODEL, check_summary, sets
 
 from kr.governance.trail import open_trail
@@ -93,7 +93,7 @@ def container(
         subprocess.run([DOCKER, "rm", "-f", name], capture_output=True, check=False)
 
 
-def test_pipeline_mlflow_and_serving_all_in_containers(cpu_image, mlflow_image, tmp_path: Path) -> None:  # noqa: F811
+def test_pipeline_mlflow_and_serving_all_in_containers(cpu_image, mlflow_image, tmp_path: Path) -> None:
     from kr.data import load_dataset
     from mlflow import MlflowClient
 
