@@ -168,11 +168,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/benchmarks/generator_train")
     args = p.parse_args()
     configure_threads()
-    data = load_dataset(args.dataset, args.data_root)
+    base = resolve_config(args.profile, overrides=args.set)
+    data = load_dataset(args.dataset, args.data_root, size=base.data.size)  # --set data.size=64: MedMNIST+ files
     ds_name = Path(args.dataset).stem.lower()  # a flag, or the stem of a .npz path
     root = Path(args.out) / f"{ds_name}-{args.profile}"
     peak = peaks()
-    base = resolve_config(args.profile, overrides=args.set)
     teacher_path = teacher_for(data, base, root)
     rows = []
     for name, overrides in map(parse_recipe, args.recipe or ABLATION):

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import pytest
 
-from kr.config import PROFILES, ConfigError, RunConfig, parse_override, resolve_config
+from kr.config import PROFILES, ConfigError, DataConfig, RunConfig, parse_override, profile_values, resolve_config
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_resolves(profile: str) -> None:
     cfg = resolve_config(profile)
     assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_profiles_sizes_name_image_sides_and_never_the_side_itself(profile: str) -> None:
+    sides = set(DataConfig.model_fields["size"].annotation.__args__)
+    for side, values in (profile_values(profile).get("sizes") or {}).items():
+        assert side in sides, f"{profile}: sizes.{side} is not an image side"
+        assert "size" not in values.get("data", {}), f"{profile}: sizes.{side} sets data.size"
+        assert resolve_config(profile, overrides=[f"data.size={side}"]).data.size == side
+
+
+def test_the_laptop_profile_trains_the_generator_longer_at_64_pixels_and_settings_still_win(tmp_path) -> None:
+    at_28, at_64 = resolve_config("laptop"), resolve_config("laptop", overrides=["data.size=64"])
+    assert at_64.generator.train_steps > at_28.generator.train_steps
+    assert at_64.teacher == at_28.teacher  # only what the profile's sizes section names changes
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {size: 64}\n")
+    assert resolve_config("laptop", f).generator.train_steps == at_64.generator.train_steps  # the side from a file
+    f.write_text("data: {size: 64}\ngenerator: {train_steps: 77}\n")
+    assert resolve_config("laptop", f).generator.train_steps == 77  # the file beats the profile's sizes
+    both = resolve_config("laptop", f, ["generator.train_steps=78"])
+    assert both.generator.train_steps == 78
 
 
 def test_smoke_is_smaller_than_cpu() -> None:

@@ -746,7 +746,8 @@ class RunConfig(Strict):
 
 
 def profile_values(profile: str) -> dict[str, Any]:
-    """The values of the built-in profile `profiles/<profile>.yaml` ({} when empty).
+    """The values of the built-in profile `profiles/<profile>.yaml` ({} when empty), its `sizes` section included
+    (see `merged_values`).
 
     Raises ConfigError when `profile` is not one of PROFILES.
     """
@@ -851,16 +852,30 @@ def merged_values(
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The unvalidated values of `base` < the profile < `file_values` < `KEY=VALUE` overrides.
+    """The unvalidated values of `base` < the profile < the profile's values for the run's image side < `file_values`
+    < `KEY=VALUE` overrides.
+
+    A profile's `sizes` section maps an image side (`data.size`, as the other sources resolve it) to values that
+    apply at that side only: the budgets a profile needs for larger images (e.g. more generator steps at 64 pixels,
+    measured in the profile's comment). The file and the overrides still win over them.
 
     Raises ConfigError for an unknown profile or a bad override.
     """
-    values = deep_merge(base or {}, profile_values(profile))
-    values = deep_merge(values, file_values or {})
-    for item in overrides or []:
-        path, value = parse_override(item)
-        set_dotted(values, path, value)
-    return values
+    own = profile_values(profile)
+    by_size = own.pop("sizes", None) or {}
+
+    def merge(at_size: dict[str, Any]) -> dict[str, Any]:
+        values = deep_merge(deep_merge(base or {}, own), at_size)
+        values = deep_merge(values, file_values or {})
+        for item in overrides or []:
+            path, value = parse_override(item)
+            set_dotted(values, path, value)
+        return values
+
+    values = merge({})
+    data = values.get("data")
+    size = data.get("size", DataConfig.model_fields["size"].default) if isinstance(data, dict) else None
+    return merge(by_size[size]) if isinstance(size, int) and size in by_size else values
 
 
 def validation_problems(exc: ValidationError) -> str:
